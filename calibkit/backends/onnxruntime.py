@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions (CPU, and CUDA when onnxruntime-gpu is installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import load_model, with_outputs
+
+
+class OrtSession:
+    """An ``onnxruntime.InferenceSession`` that can also return intermediate tensors by name."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        providers: list[str],
+        expose: Sequence[str] = (),
+        threads: int = 0,
+        backend: str = "ort-cpu",
+    ) -> None:
+        self.backend = backend
+        self.model_path = Path(model_path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        if expose:
+            model = with_outputs(load_model(self.model_path), list(expose))
+            source: bytes | str = model.SerializeToString()
+        else:
+            source = str(self.model_path)
+        try:
+            self._session = ort.InferenceSession(source, options, providers=providers)
+        except Exception as exc:
+            raise CalibkitError(f"{model_path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})") from exc
+        self.input_name = self._session.get_inputs()[0].name
+        self.output_names = [out.name for out in self._session.get_outputs()]
+        self.model_outputs = self.output_names[: len(self.output_names) - len(expose)] if expose else self.output_names
+        self._input_type = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.model_outputs
+        try:
+            values = self._session.run(names, {self.input_name: batch.astype(self._input_type, copy=False)})
+        except Exception as exc:
+            raise CalibkitError(
+                f"{self.model_path}: inference failed on a batch of shape {tuple(batch.shape)} "
+                f"({str(exc).splitlines()[0][:200]}); check --size/--layout against the model input"
+            ) from exc
+        return dict(zip(names, values))
+
+
+def load_cpu(model_path: Path, precision: str = "fp32", **options) -> OrtSession:
+    """ONNX Runtime on the CPU: runs FP32, FP16-cast and Q/DQ INT8 models (real INT8 kernels)."""
+    return OrtSession(model_path, ["CPUExecutionProvider"], backend="ort-cpu", **options)
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def load_cuda(model_path: Path, precision: str = "fp32", **options) -> OrtSession:
+    """ONNX Runtime's CUDA provider; needs ``pip install calibkit[gpu]`` (onnxruntime-gpu)."""
+    if not cuda_available():
+        raise CalibkitError("backend ort-cuda needs onnxruntime-gpu: pip install 'calibkit[gpu]' on a CUDA machine")
+    return OrtSession(model_path, ["CUDAExecutionProvider", "CPUExecutionProvider"], backend="ort-cuda", **options)
+

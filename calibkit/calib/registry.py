@@ -1,0 +1,185 @@
+"""A registry of calibrators, each a plain function ``(TensorStats, **params) -> amax``.
+
+Add one without touching calibkit::
+
+    from calibkit.calib import register_calibrator
+
+    @register_calibrator("p99", trt_algorithm="EntropyCalibration2")
+    def p99(stats, **_):
+        ...
+
+or expose the function under the ``calibkit.calibrators`` entry-point group of your package.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Callable, Mapping
+
+from calibkit.errors import CalibkitError
+from calibkit.stats.histogram import TensorStats
+
+CalibrateFn = Callable[..., float]
+FALLBACK_AMAX = 1.0
+ENTRY_POINT_GROUP = "calibkit.calibrators"
+
+
+@dataclass(frozen=True)
+class CalibratorInfo:
+    """A registered calibrator: its function, the TensorRT cache header it writes, its positional param."""
+
+    name: str
+    fn: CalibrateFn
+    trt_algorithm: str
+    arg_name: str | None = None
+    arg_type: type = float
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A calibrator bound to its parameters, e.g. ``percentile:99.99``."""
+
+    info: CalibratorInfo
+    params: Mapping[str, object]
+
+    @property
+    def label(self) -> str:
+        """Stable short name for files and tables: ``percentile-99.99``."""
+        if self.info.arg_name is None:
+            return self.info.name
+        return f"{self.info.name}-{self.params[self.info.arg_name]}"
+
+    def amax(self, stats: TensorStats) -> float:
+        return float(self.info.fn(stats, **self.params))
+
+
+_REGISTRY: dict[str, CalibratorInfo] = {}
+_entry_points_loaded = False
+
+
+def register_calibrator(
+    name: str,
+    *,
+    trt_algorithm: str = "EntropyCalibration2",
+    arg_name: str | None = None,
+    arg_type: type = float,
+    defaults: Mapping[str, object] | None = None,
+) -> Callable[[CalibrateFn], CalibrateFn]:
+    """Decorator: register ``fn(stats, **params) -> amax`` as calibrator ``name``.
+
+    ``arg_name`` names the parameter set by ``name:value`` on the command line. ``trt_algorithm``
+    is the algorithm written into the TensorRT cache header (a TensorRT 10 calibrator of that kind
+    replays the cache).
+    """
+
+    def decorate(fn: CalibrateFn) -> CalibrateFn:
+        _REGISTRY[name] = CalibratorInfo(name, fn, trt_algorithm, arg_name, arg_type, dict(defaults or {}))
+        return fn
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    global _entry_points_loaded
+    from calibkit.calib import entropy, minmax, mse, percentile  # noqa: F401  (register the built-ins)
+
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            register_calibrator(entry.name)(entry.load())
+
+
+def available_calibrators() -> list[str]:
+    """Names of every registered calibrator, built-in and plug-in."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_calibrator(spec: str) -> Calibrator:
+    """Parse ``name`` or ``name:value`` (``percentile:99.99``) into a bound :class:`Calibrator`."""
+    _load_plugins()
+    name, _, value = spec.strip().partition(":")
+    if name not in _REGISTRY:
+        raise CalibkitError(f"unknown calibration method {name!r}; available: {', '.join(available_calibrators())}")
+    info = _REGISTRY[name]
+    params = dict(info.defaults)
+    if value:
+        if info.arg_name is None:
+            raise CalibkitError(f"method {name!r} takes no parameter, got {spec!r}")
+        try:
+            params[info.arg_name] = info.arg_type(value)
+        except ValueError as exc:
+            raise CalibkitError(f"method {spec!r}: {value!r} is not a valid {info.arg_name}") from exc
+    return Calibrator(info, params)
+
+
+def parse_methods(text: str) -> list[Calibrator]:
+    """Parse a comma-separated method list; ``all`` means every registered calibrator at its defaults."""
+    specs = [part for part in text.split(",") if part.strip()]
+    if not specs:
+        raise CalibkitError(f"no calibration method given; available: {', '.join(available_calibrators())}")
+    if [s.strip() for s in specs] == ["all"]:
+        specs = available_calibrators()
+    calibrators = [get_calibrator(spec) for spec in specs]
+    return list({c.label: c for c in calibrators}.values())
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """The calibrated symmetric range of one tensor, with the observed extremes for reference."""
+
+    amax: float
+    min: float
+    max: float
+    fallback: str | None = None
+
+    @property
+    def scale(self) -> float:
+        """INT8 scale as TensorRT uses it: amax / 127."""
+        return self.amax / 127.0
+
+
+def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -> dict[str, TensorRange]:
+    """Apply ``calibrator`` to every tensor, with documented fallbacks instead of NaN, inf or zero.
+
+    * a tensor never reached (no finite value seen): amax = 1.0
+    * a tensor whose values are all zero: amax = 1.0 (any scale represents 0 exactly)
+    * a constant tensor (one distinct |value|) or a calibrator result that is not a positive finite
+      number: amax = the observed absolute maximum
+    One warning lists how many tensors fell back.
+    """
+    ranges: dict[str, TensorRange] = {}
+    fell_back: list[str] = []
+    for name, stats in tensors.items():
+        amax, reason = _amax_with_fallback(stats, calibrator)
+        if reason:
+            fell_back.append(f"{name} ({reason})")
+        lo, hi = (stats.min, stats.max) if stats.count else (0.0, 0.0)
+        ranges[name] = TensorRange(amax, lo, hi, reason)
+    if fell_back:
+        warnings.warn(
+            f"{calibrator.label}: {len(fell_back)} tensor(s) used a fallback range: {', '.join(fell_back[:5])}"
+            + (" ..." if len(fell_back) > 5 else ""),
+            stacklevel=2,
+        )
+    return ranges
+
+
+def _amax_with_fallback(stats: TensorStats, calibrator: Calibrator) -> tuple[float, str | None]:
+    if stats.count == 0:
+        return FALLBACK_AMAX, "never reached"
+    absmax = stats.absmax
+    if absmax == 0.0:
+        return FALLBACK_AMAX, "all zero"
+    if stats.min == stats.max or -stats.min == stats.max:
+        return absmax, "constant"
+    amax = calibrator.amax(stats)
+    if not math.isfinite(amax) or amax <= 0.0:
+        return absmax, "calibrator gave no positive range"
+    return min(amax, absmax), None

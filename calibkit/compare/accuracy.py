@@ -1,0 +1,41 @@
+"""Top-k accuracy against labels, and label-free agreement between two models' outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest logits per row, best first."""
+    k = min(k, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` best logits."""
+    return float((top_k(logits, k) == labels[:, None]).any(axis=1).mean())
+
+
+def accuracy_summary(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float | None]:
+    """Top-1 and top-5 in percent, ``None`` without labels."""
+    if labels is None:
+        return {"top1": None, "top5": None}
+    return {"top1": 100 * top_k_accuracy(logits, labels, 1), "top5": 100 * top_k_accuracy(logits, labels, 5)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Label-free drift: top-1 agreement (%), mean top-5 overlap (%) and mean KL(ref || cand) of softmax."""
+    top1 = float((reference.argmax(1) == candidate.argmax(1)).mean()) * 100
+    ref5, cand5 = top_k(reference, 5), top_k(candidate, 5)
+    overlap = (ref5[:, :, None] == cand5[:, None, :]).any(axis=2).mean() * 100
+    p, q = softmax(reference.astype(np.float64)), softmax(candidate.astype(np.float64))
+    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
+    return {"top1_agreement": top1, "top5_overlap": float(overlap), "mean_kl": float(kl.mean())}

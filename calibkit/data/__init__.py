@@ -1,0 +1,1 @@
+"""Image input: discovery, decoding, preprocessing and batched loading."""

@@ -1,0 +1,88 @@
+"""Find the images of a folder and their labels: flat, ImageFolder (class per subfolder) or labels.csv."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibkit.errors import CalibkitError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image file and its class index (``None`` when the folder carries no labels)."""
+
+    path: Path
+    label: int | None = None
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def read_labels_csv(csv_path: Path, root: Path) -> list[ImageItem]:
+    """Read ``file,class_index`` rows; ``file`` is relative to ``root``."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise CalibkitError(f"{csv_path}: cannot read labels ({exc.strerror})") from exc
+    if not rows or not {"file", "class_index"} <= set(rows[0]):
+        raise CalibkitError(f"{csv_path}: labels file needs a header with columns 'file,class_index'")
+    items = []
+    for line_no, row in enumerate(rows, start=2):
+        path = root / row["file"]
+        if not path.is_file():
+            raise CalibkitError(f"{csv_path}:{line_no}: listed image {path} does not exist; fix or remove the row")
+        try:
+            label = int(row["class_index"])
+        except ValueError as exc:
+            raise CalibkitError(
+                f"{csv_path}:{line_no}: class_index {row['class_index']!r} is not an integer"
+            ) from exc
+        items.append(ImageItem(path, label))
+    return sorted(items, key=lambda item: str(item.path))
+
+
+def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
+    """List the images under ``root`` in a stable order, with labels when the layout provides them.
+
+    Precedence: an explicit ``labels`` CSV, then ``root/labels.csv``, then class-per-subfolder
+    (classes numbered in sorted folder order, like torchvision's ImageFolder), then a flat folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise CalibkitError(f"{root}: image folder does not exist; pass an existing folder to --images")
+    if not root.is_dir():
+        raise CalibkitError(f"{root}: --images must be a folder of images, not a file")
+    csv_path = Path(labels) if labels else root / "labels.csv"
+    if labels or csv_path.is_file():
+        items = read_labels_csv(csv_path, root)
+    else:
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folder_items = [
+            ImageItem(path, index)
+            for index, sub in enumerate(subdirs)
+            for path in sorted(sub.rglob("*"))
+            if _is_image(path)
+        ]
+        flat = [ImageItem(path) for path in sorted(root.iterdir()) if _is_image(path)]
+        items = folder_items or flat
+    if not items:
+        raise CalibkitError(
+            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "point --images at a folder of photos"
+        )
+    return items
+
+
+def image_list_hash(items: list[ImageItem]) -> str:
+    """SHA-256 over the relative file names and labels: identifies a calibration set in provenance."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.path.name}\t{item.label}\n".encode())
+    return digest.hexdigest()

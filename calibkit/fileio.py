@@ -1,0 +1,45 @@
+"""Atomic writes: outputs appear complete under their final name or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from calibkit.errors import CalibkitError
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and fail with a one-line message when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CalibkitError(f"{path}: cannot create output folder ({exc.strerror}); choose another --out") from exc
+    if not os.access(path, os.W_OK):
+        raise CalibkitError(f"{path}: output folder is not writable; choose another --out")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
+    final = Path(final)
+    ensure_writable_dir(final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(final: Path, text: str) -> Path:
+    """Write ``text`` to ``final`` atomically (UTF-8, ``\\n`` line endings)."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+    return Path(final)

@@ -1,0 +1,101 @@
+"""Read what calibkit needs from an ONNX model: its image input, its float activations, its hash."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from calibkit.errors import CalibkitError
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The model's single image input: name, layout and spatial size (``None`` where dynamic)."""
+
+    name: str
+    layout: str
+    height: int | None
+    width: int | None
+    channels: int
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file or fail with a one-line message naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibkitError(f"{path}: model file does not exist; pass an .onnx file to --model")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise CalibkitError(f"{path}: not a readable ONNX model ({type(exc).__name__}); re-export it") from exc
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [inp for inp in model.graph.input if inp.name not in initializers]
+
+
+def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInput:
+    """Check the model takes one 4-D float image tensor with 3 channels and return its description."""
+    inputs = _graph_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(inp.name for inp in inputs)
+        raise CalibkitError(f"{path}: model has {len(inputs)} inputs ({names}); calibkit needs one image input")
+    inp = inputs[0]
+    tensor_type = inp.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    if tensor_type.elem_type not in _FLOAT_TYPES or len(dims) != 4:
+        raise CalibkitError(
+            f"{path}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)} "
+            f"with shape {dims}; calibkit needs a float image tensor N x C x H x W or N x H x W x C"
+        )
+    if dims[1] in (1, 3) and dims[3] not in (1, 3):
+        layout, channels, height, width = "NCHW", dims[1], dims[2], dims[3]
+    elif dims[3] in (1, 3):
+        layout, channels, height, width = "NHWC", dims[3], dims[1], dims[2]
+    else:
+        raise CalibkitError(
+            f"{path}: input {inp.name!r} has shape {dims} with no 3-channel axis; "
+            "calibkit feeds RGB images (3 channels) in NCHW or NHWC"
+        )
+    if channels != 3:
+        raise CalibkitError(
+            f"{path}: input {inp.name!r} expects {channels} channel(s); calibkit feeds RGB images (3 channels)"
+        )
+    return ImageInput(inp.name, layout, height, width, channels)
+
+
+def float_activations(model: onnx.ModelProto) -> list[str]:
+    """Names of the graph input and every float tensor produced by a node, in topological order."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output})
+    names = [inp.name for inp in _graph_inputs(model)]
+    for node in model.graph.node:
+        names.extend(out for out in node.output if out and types.get(out) in _FLOAT_TYPES)
+    return list(dict.fromkeys(names))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Copy of ``model`` whose graph outputs also include the tensors ``names`` (order kept)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {out.name for out in exposed.graph.output}
+    for name in names:
+        if name not in present:
+            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+    return exposed
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed: used as model identity in caches and provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

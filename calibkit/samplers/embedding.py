@@ -1,0 +1,32 @@
+"""Cheap image embeddings for diversity sampling and coverage: standardised colour thumbnails."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from calibkit.data.images import ImageItem
+from calibkit.data.preprocess import decode_image
+
+THUMBNAIL = 16
+
+
+def _thumbnail(item: ImageItem) -> np.ndarray:
+    image = decode_image(item.path)
+    image.draft("RGB", (THUMBNAIL * 4, THUMBNAIL * 4))
+    side = min(image.size)
+    left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
+    small = image.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX, box=(left, top, left + side, top + side))
+    return np.asarray(small, dtype=np.float32).reshape(-1)
+
+
+def thumbnail_embeddings(items: Sequence[ImageItem], workers: int = 4) -> np.ndarray:
+    """One row per item: the centre square shrunk to 16x16 RGB, each column standardised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = np.stack(list(pool.map(_thumbnail, items)))
+    rows -= rows.mean(axis=0)
+    rows /= rows.std(axis=0) + 1e-6
+    return rows

@@ -1,0 +1,1 @@
+"""Streaming activation statistics: one ONNX Runtime pass, memory independent of the image count."""

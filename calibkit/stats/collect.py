@@ -1,0 +1,96 @@
+"""One ONNX Runtime pass over calibration images that folds every float activation into TensorStats."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from calibkit.backends.onnxruntime import OrtSession
+from calibkit.data.images import ImageItem, image_list_hash
+from calibkit.data.loader import LoadReport, iter_batches
+from calibkit.data.preprocess import Preprocess
+from calibkit.errors import CalibkitError
+from calibkit.fileio import atomic_path
+from calibkit.onnx_model import file_sha256, float_activations, load_model
+from calibkit.progress import progress
+from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
+
+
+@dataclass
+class CollectedStats:
+    """Statistics of every collected tensor (in graph order) and where they came from."""
+
+    tensors: dict[str, TensorStats]
+    provenance: dict = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def save(self, path: Path) -> Path:
+        """Write an ``.npz`` that :meth:`load` reads back; calibrators can then run without images."""
+        arrays: dict[str, np.ndarray] = {}
+        for index, stats in enumerate(self.tensors.values()):
+            arrays.update(stats.to_arrays(f"t{index}"))
+        meta = {"names": list(self.tensors), "provenance": self.provenance, "images": self.images}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with atomic_path(Path(path)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "CollectedStats":
+        with np.load(path) as data:
+            arrays = dict(data)
+        meta = json.loads(arrays["meta"].tobytes())
+        tensors = {
+            name: TensorStats.from_arrays(name, arrays, f"t{index}") for index, name in enumerate(meta["names"])
+        }
+        return cls(tensors, meta["provenance"], meta["images"])
+
+
+def collect_statistics(
+    model_path: Path,
+    items: Sequence[ImageItem],
+    preprocess: Preprocess,
+    batch_size: int = 8,
+    bins: int = DEFAULT_BINS,
+    tensors: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    threads: int = 0,
+) -> CollectedStats:
+    """Run the model once over ``items`` and return streaming statistics of ``tensors``.
+
+    ``tensors`` defaults to the graph input plus every float tensor a node produces, which covers all
+    inputs and outputs a Q/DQ quantizer may ask a range for.
+    """
+    model = load_model(Path(model_path))
+    names = list(tensors) if tensors is not None else float_activations(model)
+    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=names, threads=threads)
+    stats = {name: TensorStats(name, bins) for name in names}
+    report = LoadReport()
+    seen: list[ImageItem] = []
+    start = time.perf_counter()
+    with progress(len(items), "collecting statistics") as bar:
+        for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
+            outputs = session.run(batch.array, names)
+            for name in names:
+                stats[name].update(outputs[name])
+            seen.extend(batch.items)
+            bar.update(len(batch.items))
+    if not seen:
+        raise CalibkitError("no calibration image could be read; check the --images folder")
+    provenance = {
+        "model_sha256": file_sha256(Path(model_path)),
+        "model": Path(model_path).name,
+        "images_sha256": image_list_hash(seen),
+        "num_images": len(seen),
+        "skipped_images": len(report.skipped),
+        "preprocess": preprocess.to_dict(),
+        "histogram_bins": bins,
+    }
+    return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start)

@@ -1,0 +1,124 @@
+"""Running min/max and a growing |x| histogram that never keeps samples.
+
+The histogram has a fixed number of bins over ``[0, upper)``. When a batch exceeds ``upper``, the
+range doubles (as often as needed) and neighbouring bin pairs are summed: an exact re-binning, so no
+count moves to a wrong bin, and memory stays ``bins`` integers per tensor whatever the image count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_BINS = 8192
+_CHUNK = 1 << 16
+
+
+@dataclass
+class TensorStats:
+    """Statistics of one tensor over every value seen so far."""
+
+    name: str
+    bins: int = DEFAULT_BINS
+    count: int = 0
+    nonfinite: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    upper: float = 0.0
+    hist: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    _zeros_pending: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bins < 2 or self.bins & (self.bins - 1):
+            raise ValueError(f"bins must be a power of two >= 2, got {self.bins}")
+        if self.hist is None:
+            self.hist = np.zeros(self.bins, dtype=np.int64)
+
+    @property
+    def absmax(self) -> float:
+        """Largest |x| seen; 0.0 before any value."""
+        return max(-self.min, self.max, 0.0) if self.count else 0.0
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The ``bins + 1`` bin edges of :attr:`hist` on the |x| axis."""
+        return np.linspace(0.0, self.upper, self.bins + 1)
+
+    def update(self, values: np.ndarray) -> None:
+        """Fold a batch of values (any shape) into the statistics."""
+        flat = np.asarray(values, dtype=np.float32).reshape(-1)
+        if flat.size == 0:
+            return
+        lo, hi = float(flat.min()), float(flat.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(flat)
+            self.nonfinite += int(flat.size - finite.sum())
+            flat = flat[finite]
+            if flat.size == 0:
+                return
+            lo, hi = float(flat.min()), float(flat.max())
+        self.count += flat.size
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        amax = max(-lo, hi)
+        if amax == 0.0 and self.upper == 0.0:
+            self._zeros_pending += flat.size
+            return
+        self._grow_to(amax)
+        self._accumulate(flat)
+
+    def _grow_to(self, amax: float) -> None:
+        if self.upper == 0.0:
+            self.upper = amax
+            self.hist[0] += self._zeros_pending
+            self._zeros_pending = 0
+            return
+        while amax >= self.upper:
+            half = self.hist.reshape(-1, 2).sum(axis=1)
+            self.hist[: half.size] = half
+            self.hist[half.size :] = 0
+            self.upper *= 2.0
+
+    def _accumulate(self, flat: np.ndarray) -> None:
+        scale = np.float32(self.bins / self.upper)
+        last = self.bins - 1
+        buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
+        idx = np.empty(buf.size, dtype=np.int32)
+        for start in range(0, flat.size, _CHUNK):
+            chunk = flat[start : start + _CHUNK]
+            n = chunk.size
+            np.abs(chunk, out=buf[:n])
+            buf[:n] *= scale
+            idx[:n] = buf[:n]
+            np.minimum(idx[:n], last, out=idx[:n])
+            self.hist += np.bincount(idx[:n], minlength=self.bins)
+
+    def resampled(self, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """The histogram re-binned to ``bins`` equal bins over ``[0, absmax]`` (TensorRT's layout).
+
+        Counts are spread by linear interpolation of the cumulative distribution, so totals are kept.
+        Returns ``(counts, edges)`` as float64.
+        """
+        amax = self.absmax
+        edges = np.linspace(0.0, amax, bins + 1)
+        total = float(self.hist.sum())
+        cumulative = np.concatenate([[0.0], np.cumsum(self.hist, dtype=np.float64)])
+        at_edges = np.interp(edges, self.edges, cumulative)
+        at_edges[-1] = total
+        return np.diff(at_edges), edges
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Flat arrays for ``np.savez`` (see :meth:`from_arrays`)."""
+        scalars = np.array([self.count, self.nonfinite, self._zeros_pending], dtype=np.int64)
+        bounds = np.array([self.min, self.max, self.upper], dtype=np.float64)
+        return {f"{prefix}/counts": scalars, f"{prefix}/bounds": bounds, f"{prefix}/hist": self.hist}
+
+    @classmethod
+    def from_arrays(cls, name: str, arrays: dict[str, np.ndarray], prefix: str) -> "TensorStats":
+        count, nonfinite, zeros = (int(v) for v in arrays[f"{prefix}/counts"])
+        lo, hi, upper = (float(v) for v in arrays[f"{prefix}/bounds"])
+        hist = np.array(arrays[f"{prefix}/hist"], dtype=np.int64)
+        stats = cls(name, hist.size, count, nonfinite, lo, hi, upper, hist)
+        stats._zeros_pending = zeros
+        return stats
