@@ -1,0 +1,150 @@
+"""Placement rules calibkit adds on top of ONNX Runtime's Q/DQ graph, and why.
+
+ONNX Runtime quantizes both the output of a convolution and the output of the Clip/Relu after it.
+TensorRT fuses Conv + activation and needs only the second quantization point; the first adds a
+rounding step TensorRT would honour. So for every ``X -> Q(a) -> DQ(a) -> Clip|Relu -> Q(b)``:
+
+* ``tensorrt`` target: drop ``Q(a)/DQ(a)``; the activation reads the float output directly.
+* ``onnxruntime`` target: quantize ``X`` with ``b`` and run the activation on the quantized tensor
+  (a Clip with bounds ``round(lo/b)`` and ``min(127, round(hi/b))``), so ONNX Runtime's CPU provider
+  fuses the convolution into an integer ``QLinearConv`` and no float round trip is left between
+  layers. Where the lower bound is 0 (ReLU, ReLU6) the tensor is stored as UINT8 with zero point 0:
+  the same grid of values 0..127 x b that TensorRT's symmetric INT8 holds there, and the storage
+  ONNX Runtime needs to fuse on x86. Every other activation is stored as UINT8 with zero point
+  128 (again the same values). Both targets give the numbers of TensorRT's Conv+Clip fusion.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ACTIVATIONS = ("Clip", "Relu")
+
+
+def _index(graph: onnx.GraphProto):
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    return producer, consumers
+
+
+def _only(consumers: dict, tensor: str, graph_outputs: set[str]) -> onnx.NodeProto | None:
+    users = consumers.get(tensor, [])
+    return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+
+
+def fold_activation_qdq(model: onnx.ModelProto, target: str) -> int:
+    """Apply the rule above in place; return how many activations were rewritten."""
+    graph = model.graph
+    producer, consumers = _index(graph)
+    inits = {init.name: init for init in graph.initializer}
+    outputs = {out.name for out in graph.output}
+    removed: set[int] = set()
+    rewritten = 0
+    for act in [n for n in graph.node if n.op_type in ACTIVATIONS]:
+        dq_a = producer.get(act.input[0])
+        q_a = producer.get(dq_a.input[0]) if dq_a is not None and dq_a.op_type == "DequantizeLinear" else None
+        q_b = _only(consumers, act.output[0], outputs)
+        if q_a is None or q_a.op_type != "QuantizeLinear" or q_b is None or q_b.op_type != "QuantizeLinear":
+            continue
+        if _only(consumers, q_a.output[0], outputs) is not dq_a or _only(consumers, dq_a.output[0], outputs) is not act:
+            continue
+        removed.update({id(q_a), id(dq_a)})
+        if target == "tensorrt":
+            act.input[0] = q_a.input[0]
+        else:
+            _clip_on_int8(graph, act, q_a.input[0], q_b, consumers, inits)
+        rewritten += 1
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(_topological(kept, graph))
+    _drop_unused_initializers(graph)
+    if target == "onnxruntime":
+        _unsigned_activations(graph)
+    return rewritten
+
+
+def _unsigned_activations(graph: onnx.GraphProto) -> None:
+    """Store every remaining INT8 activation as UINT8 with zero point 128: the same values, and
+    one activation type throughout, which ONNX Runtime needs to fuse QLinearConv and QLinearAdd."""
+    inits = {init.name: init for init in graph.initializer}
+    for name in {node.input[2] for node in graph.node if node.op_type == "QuantizeLinear" and len(node.input) > 2}:
+        zero = numpy_helper.to_array(inits[name])
+        if zero.dtype == np.int8:
+            shifted = (zero.astype(np.int16) + 128).astype(np.uint8)
+            inits[name].CopyFrom(numpy_helper.from_array(shifted, name))
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
+    scale = float(numpy_helper.to_array(inits[q_b.input[1]]).reshape(-1)[0])
+    if act.op_type == "Relu":
+        lo, hi = 0.0, None
+    else:
+        lo, hi = (_constant(inits, name) for name in (list(act.input[1:3]) + ["", ""])[:2])
+    if lo == 0.0:
+        # Unsigned storage with zero point 0 holds exactly TensorRT's non-negative INT8 grid, and
+        # ONNX Runtime only fuses convolutions with unsigned activations on x86.
+        dtype, low = np.uint8, 0
+        zero = inits[q_b.input[2]]
+        zero.CopyFrom(numpy_helper.from_array(np.zeros(numpy_helper.to_array(zero).shape, np.uint8), zero.name))
+    else:
+        dtype, low = np.int8, -128 if lo is None else int(np.clip(np.round(lo / scale), -128, 127))
+    high = 127 if hi is None else int(np.clip(np.round(hi / scale), low, 127))
+    names = []
+    for which, value in (("min", low), ("max", high)):
+        name = f"{act.output[0]}_q{which}"
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        names.append(name)
+    quantized_in, quantized_out = q_b.output[0], f"{act.output[0]}_quantized"
+    q_b.input[0] = source
+    for user in consumers[quantized_in]:
+        for i, name in enumerate(user.input):
+            if name == quantized_in:
+                user.input[i] = quantized_out
+    act.op_type = "Clip"
+    del act.input[:]
+    act.input.extend([quantized_in, *names])
+    del act.output[:]
+    act.output.append(quantized_out)
+    del act.attribute[:]
+
+
+def _constant(inits, name: str) -> float | None:
+    if not name:
+        return None
+    return float(numpy_helper.to_array(inits[name]))
+
+
+def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Kahn's order, stable with respect to the given node order."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
+    waiting = [sum(1 for name in node.input if name not in available and name in producer) for node in nodes]
+    users: dict[int, list[int]] = defaultdict(list)
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            if name not in available and name in producer:
+                users[producer[name]].append(index)
+    ready = deque(i for i, count in enumerate(waiting) if count == 0)
+    order = []
+    while ready:
+        index = ready.popleft()
+        order.append(nodes[index])
+        for user in users[index]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    return order
