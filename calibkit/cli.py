@@ -86,13 +86,98 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError("batch sizes must be >= 1")
+    return sizes
+
+
+def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str]):
+    from calibkit.workflow import fp16_candidate, int8_candidates
+
+    candidates = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, rest = part.partition(":")
+        if kind == "fp16":
+            candidates.append(fp16_candidate(model, out))
+        elif kind == "int8" and rest:
+            run_dir, _, labels = rest.partition(":")
+            candidates.extend(int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude))
+        else:
+            raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
+    return candidates
+
+
+def _gate(result: dict, limit: float | None) -> int:
+    """Exit code 3 when any candidate's top-1 drop (or agreement loss without labels) exceeds ``limit``."""
+    if limit is None:
+        return 0
+    comparison = result["comparison"]
+    failed = []
+    for c in comparison["candidates"]:
+        loss = c["accuracy"]["top1_drop"] if comparison["labelled"] else 100 - c["agreement"]["top1_agreement"]
+        if loss > limit:
+            failed.append(f"{c['name']} ({loss:.2f} points)")
+    if failed:
+        print(f"calibkit: top-1 drop above {limit} points for {', '.join(failed)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _summarise(result: dict, report: Path) -> None:
+    comparison = result["comparison"]
+    ref = comparison["reference"]["accuracy"]
+    lines = [f"report: {report}"]
+    if comparison["labelled"]:
+        lines.append(f"  fp32            top-1 {ref['top1']:6.2f}%  top-5 {ref['top5']:6.2f}%")
+    for c in comparison["candidates"]:
+        acc, agree = c["accuracy"], c["agreement"]
+        speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["batch"] == 8]
+        line = f"  {c['name']:<15}"
+        if comparison["labelled"]:
+            line += f" top-1 {acc['top1']:6.2f}% ({-acc['top1_drop']:+.2f})"
+        line += f"  agreement {agree['top1_agreement']:6.2f}%"
+        if speed and speed[0]["speedup"]:
+            line += f"  {speed[0]['speedup']:.2f}x FP32 at batch 8"
+        lines.append(line)
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None) -> int:
+    from calibkit.data.images import discover_images
+    from calibkit.workflow import compare_and_report
+
+    items = discover_images(args.images, args.labels)
+    report = args.report or (args.out / "report.html")
+    result = compare_and_report(
+        args.model, items, _preprocess(args), candidates, report, args.batch_size, args.skip_bad,
+        [] if args.no_bench else args.bench_batch_sizes, run, note,
+    )
+    _summarise(result, report)
+    return _gate(result, args.fail_on_top1_drop)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from calibkit.workflow import fp16_candidate, int8_candidates
+
+    run = _run_calibration(args)
+    if not args.compare:
+        return 0
+    candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
+    return _compare_outputs(args, candidates, run)
+
+
+def _run_calibration(args: argparse.Namespace):
     from calibkit.workflow import calibrate
 
     run = calibrate(
         args.model, args.images, args.out, methods=args.method, samples=args.samples, sampler=args.sampler,
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
-        labels=args.labels, trt_version=args.trt_version,
+        labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -101,7 +186,63 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _print_json({"out": str(run.out), "methods": list(run.calibrators), "timings": run.timings})
+    return run
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from calibkit.artifacts.qdq import export_qdq
+    from calibkit.artifacts.ranges_json import read_ranges
+
+    ranges, _ = read_ranges(args.ranges)
+    path = export_qdq(args.model, ranges, args.out, exclude=args.exclude, target=args.target)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from calibkit.bench.table import format_table
+    from calibkit.workflow import bench_models, fp16_candidate, input_shape, int8_candidates
+
+    candidates = []
+    if args.int8:
+        run_dir, _, labels = str(args.int8).partition(":")
+        candidates += int8_candidates(args.model, Path(run_dir), labels.split("+") if labels else None)
+    if args.fp16:
+        candidates.append(fp16_candidate(args.model, args.out))
+    models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.model) for c in candidates]
+    shape = input_shape(_preprocess(args))
+    rows = bench_models(models, shape, args.batch_sizes, args.backend)
+    print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup"]))
+    if args.json:
+        from calibkit.fileio import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from calibkit.demo_assets import demo_images, demo_model
+
+    args.model = demo_model()
+    args.images = demo_images()
+    args.labels = None
+    args.size = args.mean = args.std = args.crop = args.interpolation = None
+    args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], 100800
+    args.report = args.out / "report.html"
+    args.compare = True
+    note = (
+        "Images: one photo per ImageNet class (a coverage set, not a benchmark); full-ImageNet top-1 of "
+        "EfficientNet-Lite0 is about 75%."
+    )
+    run = _run_calibration(args)
+    from calibkit.workflow import fp16_candidate, int8_candidates
+
+    candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
+    return _compare_outputs(args, candidates, run, note)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +265,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder for caches, JSON, stats")
     p.add_argument("--trt-version", type=int, default=100800, help="version number in the cache header")
+    p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
+    _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("quantize", help="write a Q/DQ ONNX model from a ranges JSON")
+    _add_model(p)
+    p.add_argument("--ranges", type=Path, required=True, help="JSON written by calibkit calibrate")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx path")
+    p.add_argument("--target", choices=["tensorrt", "onnxruntime"], default="tensorrt")
+    p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="latency and throughput of FP32, INT8 and FP16 models")
+    _add_model(p)
+    _add_images(p, required=False)
+    p.add_argument("--int8", help="RUN_DIR[:method+method] of calibkit calibrate")
+    p.add_argument("--fp16", action="store_true", help="also export and time the FP16 model")
+    p.add_argument("--backend", default="ort-cpu", help="ort-cpu, ort-cuda, tensorrt")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where the FP16 model is written")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="FP32 vs candidates: accuracy, drift per layer, speed, HTML report")
+    _add_model(p)
+    _add_images(p)
+    p.add_argument("--candidates", required=True, help="comma list: int8:RUN_DIR[:method+method], fp16")
+    p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    _add_compare_options(p, out_default=Path("reports/compare"))
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the whole chain on EfficientNet-Lite0 and the shared photos")
+    p.add_argument("--out", type=Path, default=Path("reports/demo"))
+    p.add_argument("--method", default="entropy2,percentile:99.99,minmax")
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--sampler", default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    _add_compare_options(p, out_default=None, with_out=False)
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | None, with_out: bool = True) -> None:
+    group = parser.add_argument_group("comparison")
+    if with_out and out_default is not None:
+        group.add_argument("--out", type=Path, default=out_default, help="folder for the report and exports")
+    group.add_argument("--report", type=Path, help="HTML report path (default: <out>/report.html)")
+    group.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    group.add_argument("--bench-batch-sizes", type=_batch_sizes, default=[1, 8, 32])
+    group.add_argument("--fail-on-top1-drop", type=float, help="exit 3 when a candidate loses more top-1 points")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *rest: f"calibkit: warning: {message}\n"
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        result = handler(args)
+        return result if isinstance(result, int) else 0
     except CalibkitError as exc:
         print(f"calibkit: error: {exc}", file=sys.stderr)
         return 2

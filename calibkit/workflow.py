@@ -1,6 +1,6 @@
 """The calibration chain as plain functions, shared by the CLI and notebooks.
 
-pick images -> collect statistics once -> every calibrator -> cache + JSON per calibrator.
+pick images -> collect statistics once -> every calibrator -> cache + JSON + Q/DQ models per calibrator.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from calibkit.artifacts.ranges_json import write_ranges
+from calibkit.artifacts.fp16 import export_fp16
+from calibkit.artifacts.qdq import export_qdq
+from calibkit.artifacts.ranges_json import read_ranges, write_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods
 from calibkit.data.images import ImageItem, discover_images
+from calibkit.compare.run import Candidate
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
+from calibkit.errors import CalibkitError
 from calibkit.fileio import ensure_writable_dir, write_text_atomic
-from calibkit.onnx_model import image_input, load_model
+from calibkit.onnx_model import file_sha256, image_input, load_model
+from calibkit.progress import progress
 from calibkit.samplers.registry import sample
 from calibkit.stats.collect import CollectedStats, collect_statistics
 
@@ -39,6 +44,46 @@ class CalibrationRun:
 
     def json_path(self, label: str) -> Path:
         return self.out / f"{label}.json"
+
+
+def qdq_paths(out: Path, label: str) -> dict[str, Path]:
+    """Where a run keeps the Q/DQ models of calibrator ``label``, by target."""
+    return {"tensorrt": out / f"{label}.qdq.onnx", "onnxruntime": out / f"{label}.ort.onnx"}
+
+
+def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] = ()) -> dict[str, Path]:
+    """Write both Q/DQ targets for one calibrator of a run (ranges read from its JSON)."""
+    ranges, _ = read_ranges(run_dir / f"{label}.json")
+    paths = qdq_paths(run_dir, label)
+    for target, path in paths.items():
+        export_qdq(model, ranges, path, exclude=exclude, target=target)
+    return paths
+
+
+def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = None,
+                    exclude: Sequence[str] = ()) -> list[Candidate]:
+    """One INT8 candidate per calibrator of ``run_dir``, exporting any Q/DQ model not yet there."""
+    run_dir = Path(run_dir)
+    found = sorted(p.name[: -len(".json")] for p in run_dir.glob("*.json") if p.name != "summary.json")
+    if not found:
+        raise CalibkitError(f"{run_dir}: no calibration JSON found; run calibkit calibrate --out {run_dir} first")
+    chosen = list(labels) if labels else found
+    missing = [label for label in chosen if label not in found]
+    if missing:
+        raise CalibkitError(f"{run_dir}: no ranges for {', '.join(missing)}; available: {', '.join(found)}")
+    candidates = []
+    for label in chosen:
+        paths = qdq_paths(run_dir, label)
+        if exclude or not all(p.is_file() for p in paths.values()):
+            paths = export_int8(model, run_dir, label, exclude)
+        candidates.append(Candidate(f"int8 {label}", "int8", paths["onnxruntime"], paths["tensorrt"], label))
+    return candidates
+
+
+def fp16_candidate(model: Path, out: Path) -> Candidate:
+    """The FP16-cast model as a candidate (written to ``out/model.fp16.onnx``)."""
+    path = export_fp16(model, Path(out) / "model.fp16.onnx")
+    return Candidate("fp16", "fp16", path, path)
 
 
 def model_preprocess(
@@ -63,8 +108,13 @@ def calibrate(
     skip_bad: bool = False,
     labels: Path | None = None,
     trt_version: int = DEFAULT_TRT_VERSION,
+    exclude: Sequence[str] = (),
 ) -> CalibrationRun:
-    """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``."""
+    """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
+
+    Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
+    and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
+    """
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     ensure_writable_dir(out)
@@ -87,6 +137,61 @@ def calibrate(
         scales = {name: r.scale for name, r in ranges[label].items()}
         write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
         write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
+        export_int8(model, out, label, exclude)
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings)
+
+
+def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
+                 batch_sizes: Sequence[int] = (1, 8, 32), backend: str = "ort-cpu") -> list[dict]:
+    """Speed rows for ``(name, precision, path)`` models on one backend, with speedups over ``fp32``."""
+    from calibkit.backends import load
+    from calibkit.bench.speed import measure, with_ratios
+
+    results = []
+    with progress(len(models) * len(batch_sizes), "benchmarking", unit="setting") as bar:
+        for name, precision, path in models:
+            session = load(path, precision, backend)
+            for result in measure(session, input_shape, name, precision, batch_sizes):
+                results.append(result)
+                bar.update(1)
+    return with_ratios(results)
+
+
+def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
+    """Shape of one preprocessed image without the batch axis."""
+    h, w = preprocess.size
+    return (3, h, w) if preprocess.layout == "NCHW" else (h, w, 3)
+
+
+def compare_and_report(
+    model: Path,
+    items: Sequence[ImageItem],
+    preprocess: Preprocess,
+    candidates: Sequence[Candidate],
+    report: Path,
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    run: CalibrationRun | None = None,
+    note: str | None = None,
+) -> dict:
+    """Compare, benchmark and write ``report`` (HTML) and its JSON; return the JSON document."""
+    from calibkit.compare.run import compare_models
+    from calibkit.report.html import write_report
+
+    comparison = compare_models(model, candidates, items, preprocess, batch_size, skip_bad)
+    if note:
+        comparison["note"] = note
+    models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.model) for c in candidates]
+    speed = bench_models(models, input_shape(preprocess), batch_sizes) if batch_sizes else []
+    provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
+                  "preprocess": json.dumps(preprocess.to_dict())}
+    thresholds = None
+    if run is not None:
+        provenance.update({f"calibration {k}": v for k, v in run.stats.provenance.items() if k != "preprocess"})
+        provenance["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in run.timings.items()})
+        thresholds = {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}
+    write_report(report, comparison, speed, run.stats.tensors if run else None, thresholds, provenance)
+    return {"comparison": comparison, "speed": speed}

@@ -28,9 +28,11 @@ class OrtSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        model_outputs: list[str] | None = None
         if expose:
-            model = with_outputs(load_model(self.model_path), list(expose))
-            source: bytes | str = model.SerializeToString()
+            original = load_model(self.model_path)
+            model_outputs = [out.name for out in original.graph.output]
+            source: bytes | str = with_outputs(original, list(expose)).SerializeToString()
         else:
             source = str(self.model_path)
         try:
@@ -39,7 +41,7 @@ class OrtSession:
             raise CalibkitError(f"{model_path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})") from exc
         self.input_name = self._session.get_inputs()[0].name
         self.output_names = [out.name for out in self._session.get_outputs()]
-        self.model_outputs = self.output_names[: len(self.output_names) - len(expose)] if expose else self.output_names
+        self.model_outputs = model_outputs or self.output_names
         self._input_type = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,105 @@
+"""Render a comparison (plus optional calibration statistics and speed rows) to one HTML file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import jinja2
+import numpy as np
+
+from calibkit.fileio import write_text_atomic
+from calibkit.report.svg import histogram_chart, line_chart
+from calibkit.stats.histogram import TensorStats
+
+WORST_LAYERS = 5
+HIST_BARS = 256
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
+                thresholds: Mapping[str, Mapping[str, float]]) -> list[dict]:
+    figures = []
+    for tensor in tensors:
+        if tensor not in stats or not stats[tensor].count:
+            continue
+        st = stats[tensor]
+        counts, edges = st.resampled(HIST_BARS)
+        marks = {label: amaxes[tensor] for label, amaxes in thresholds.items() if tensor in amaxes}
+        figures.append({"tensor": tensor, "svg": histogram_chart(list(counts), float(edges[-1]), marks)})
+    return figures
+
+
+def write_report(
+    out_html: Path,
+    comparison: Mapping,
+    speed_rows: Sequence[Mapping] = (),
+    stats: Mapping[str, TensorStats] | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    provenance: Mapping | None = None,
+) -> tuple[Path, Path]:
+    """Write ``out_html`` and ``<stem>.json`` with every number; return both paths."""
+    out_html = Path(out_html)
+    out_json = out_html.with_suffix(".json")
+    candidates = []
+    worst_tensors: list[str] = []
+    for c in comparison["candidates"]:
+        layers = [l for l in c["layers"] if math.isfinite(l["sqnr_db"])]
+        worst = sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
+        worst_tensors.extend(l["tensor"] for l in worst)
+        candidates.append({**c, "worst_layers": worst,
+                           "worst_sqnr": f"{worst[0]['sqnr_db']:.1f}" if worst else "–"})
+    series = {}
+    x_labels: list[str] = []
+    for c in comparison["candidates"]:
+        if c["layers"]:
+            x_labels = x_labels or [l["tensor"] for l in c["layers"]]
+            by_name = {l["tensor"]: l["sqnr_db"] for l in c["layers"]}
+            series[c["name"]] = [by_name.get(name) for name in x_labels]
+    speed = {}
+    for row in speed_rows:
+        key = "fp32" if row["precision"] == "fp32" else row["candidate"]
+        speed[(key, row["batch"])] = row
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    labelled = comparison["labelled"]
+    html = environment.get_template("report.html.j2").render(
+        model_name=Path(comparison["reference"]["model"]).name,
+        images=comparison["images"],
+        skipped=comparison.get("skipped_images", 0),
+        labelled=labelled,
+        coverage_note=comparison.get("note"),
+        reference=comparison["reference"],
+        candidates=candidates,
+        batch_sizes=sorted({row["batch"] for row in speed_rows}),
+        speed=speed,
+        sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
+        histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds or {}),
+        provenance=dict(provenance or {}),
+        json_name=out_json.name,
+    )
+    document = {"comparison": comparison, "speed": list(speed_rows), "provenance": dict(provenance or {})}
+    write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
+    write_text_atomic(out_html, html)
+    return out_html, out_json
+
+
+def _default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
