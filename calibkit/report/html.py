@@ -58,7 +58,11 @@ def write_report(
         layers = [l for l in c["layers"] if math.isfinite(l["sqnr_db"])]
         worst = sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
         worst_tensors.extend(l["tensor"] for l in worst)
-        candidates.append({**c, "worst_layers": worst,
+        accuracy = dict(c["accuracy"])
+        for key in ("top1", "top5"):
+            if f"{key}_drop" in accuracy:
+                accuracy[f"{key}_delta"] = _signed(-accuracy[f"{key}_drop"])
+        candidates.append({**c, "accuracy": accuracy, "worst_layers": worst,
                            "worst_sqnr": f"{worst[0]['sqnr_db']:.1f}" if worst else "–"})
     series = {}
     x_labels: list[str] = []
@@ -87,7 +91,8 @@ def write_report(
         batch_sizes=sorted({row["batch"] for row in speed_rows}),
         speed=speed,
         sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
-        histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds or {}),
+        histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
+        layer_images=comparison.get("layer_images", comparison["images"]),
         provenance=dict(provenance or {}),
         json_name=out_json.name,
     )
@@ -95,6 +100,19 @@ def write_report(
     write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
+
+
+def _signed(points: float) -> str:
+    """``+0.50`` / ``-0.10``, and ``0.00`` rather than a negative zero."""
+    text = f"{points:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
+def _in_candidate_order(thresholds, candidates) -> dict:
+    """Thresholds keyed like the candidates' calibrators, in candidate order, so colours match the charts."""
+    thresholds = thresholds or {}
+    ordered = [c["calibrator"] for c in candidates if c.get("calibrator") in thresholds]
+    return {label: thresholds[label] for label in ordered}
 
 
 def _default(value):

@@ -1,0 +1,26 @@
+import math
+
+import numpy as np
+import pytest
+
+from calibkit.compare.layers import LayerDrift
+
+
+def test_streamed_metrics_equal_whole_array_metrics():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 40)).astype(np.float32)
+    cand = ref + 0.1 * rng.standard_normal(ref.shape).astype(np.float32)
+    drift = LayerDrift("t")
+    for r, c in zip(ref, cand):
+        drift.update(r, c)
+    r64, c64 = ref.astype(np.float64), cand.astype(np.float64)
+    assert drift.sqnr_db == pytest.approx(10 * math.log10((r64**2).sum() / ((c64 - r64) ** 2).sum()), rel=1e-5)
+    assert drift.cosine == pytest.approx((r64 * c64).sum() / np.linalg.norm(r64) / np.linalg.norm(c64), rel=1e-6)
+    assert drift.max_abs_error == pytest.approx(np.abs(c64 - r64).max(), rel=1e-6)
+    assert drift.max_rel_error == pytest.approx(np.abs(c64 - r64).max() / np.abs(r64).max(), rel=1e-6)
+
+
+def test_identical_tensors_have_infinite_sqnr():
+    drift = LayerDrift("t")
+    drift.update(np.ones(4, np.float32), np.ones(4, np.float32))
+    assert drift.sqnr_db == math.inf and drift.cosine == pytest.approx(1.0)

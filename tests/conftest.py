@@ -1,0 +1,93 @@
+"""Shared fixtures: a small real ONNX model, real image files, and the demo model with shared photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample-320"
+
+
+def build_small_cnn(path: Path, size: int = 32, seed: int = 0, classes: int = 10) -> Path:
+    """Conv-ReLU6-Conv, a residual Add, global pooling and a Gemm: every op kind the pipeline handles."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6_1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="relu6_2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3"),
+        helper.make_node("Add", ["c3", "r1"], ["sum"], name="residual_add"),
+        helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    initializers = [
+        init("w1", (8, 3, 3, 3)), init("b1", (8,), 0.1), init("w2", (8, 8, 3, 3), 0.2), init("b2", (8,), 0.1),
+        init("w3", (8, 8, 1, 1)), init("b3", (8,), 0.1), init("wf", (classes, 8)), init("bf", (classes,), 0.1),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0) -> list[Path]:
+    """Smooth random colour photos-to-be (JPEG), distinct per index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        base = rng.uniform(0, 255, size=(4, 4, 3))
+        pixels = np.asarray(Image.fromarray(base.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR))
+        path = folder / f"img_{index:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    return build_small_cnn(tmp_path_factory.mktemp("model") / "small_cnn.onnx")
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    write_images(tmp_path / "images", 12)
+    return tmp_path / "images"
+
+
+@pytest.fixture(scope="session")
+def shared_images() -> Path:
+    if not (SHARED_IMAGES / "labels.csv").is_file():
+        pytest.skip(f"{SHARED_IMAGES} not present (the shared ImageNet sample lives beside the checkout)")
+    return SHARED_IMAGES
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The real EfficientNet-Lite0, exported once (needs the export extra: torch and the weights)."""
+    import importlib.util
+
+    from calibkit.demo_assets import cache_dir, demo_model as build
+
+    if not (cache_dir() / "efficientnet_lite0.onnx").is_file() and importlib.util.find_spec("torch") is None:
+        pytest.skip("demo model not built and torch missing: pip install -e '.[export]'")
+    return build()

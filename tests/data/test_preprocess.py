@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from calibkit.data.preprocess import PRESETS, Preprocess, decode_image, fit_to_model, get_preset
+from calibkit.errors import CalibkitError
+
+
+def _gradient(h=8, w=8):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 30, y * 30, (x + y) * 10], axis=-1).astype(np.uint8)
+
+
+def test_centre_crop_and_tf_normalisation_match_hand_computed_array():
+    pixels = _gradient()
+    spec = Preprocess(size=(4, 4), crop_fraction=0.5, mean=(127, 127, 127), std=(128, 128, 128))
+    got = spec(Image.fromarray(pixels))
+    expected = ((pixels[2:6, 2:6].astype(np.float32) - 127) / 128).transpose(2, 0, 1)
+    assert got.shape == (3, 4, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_torch_preset_uses_per_channel_mean_std_and_nhwc_layout():
+    pixels = _gradient()
+    spec = Preprocess(size=(8, 8), crop_fraction=1.0, mean=PRESETS["imagenet-torch"].mean,
+                      std=PRESETS["imagenet-torch"].std, layout="NHWC")
+    got = spec(Image.fromarray(pixels))
+    mean = np.array([0.485, 0.456, 0.406]) * 255
+    std = np.array([0.229, 0.224, 0.225]) * 255
+    np.testing.assert_allclose(got, (pixels - mean) / std, atol=1e-4)
+
+
+def test_non_square_image_crops_the_short_side(tmp_path):
+    image = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    assert Preprocess(size=(5, 5), crop_fraction=1.0)(image).shape == (3, 5, 5)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P"])
+def test_any_colour_mode_becomes_rgb(tmp_path, mode):
+    path = tmp_path / f"img_{mode}.{'jpg' if mode in ('L', 'CMYK') else 'png'}"
+    Image.fromarray(_gradient()).convert(mode).save(path)
+    image = decode_image(path)
+    assert image.mode == "RGB" and image.size == (8, 8)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(path, exif=exif)
+    assert decode_image(path).size == (10, 20)
+
+
+def test_corrupt_and_truncated_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(CalibkitError, match=r"bad.jpg: not a readable image .*--skip-bad"):
+        decode_image(bad)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CalibkitError, match="truncated.jpg"):
+        decode_image(truncated)
+
+
+def test_fit_to_model_takes_fixed_size_and_refuses_conflicting_size():
+    spec = get_preset("imagenet-tf")
+    assert fit_to_model(spec, 96, 128, "NHWC", "m.onnx").size == (96, 128)
+    assert fit_to_model(spec, None, None, "NCHW", "m.onnx", (160, 160)).size == (160, 160)
+    with pytest.raises(CalibkitError, match=r"m.onnx: model input is 96x128 but --size asks for 64x64"):
+        fit_to_model(spec, 96, 128, "NCHW", "m.onnx", (64, 64))
+
+
+def test_validation_errors():
+    with pytest.raises(CalibkitError, match="unknown preprocessing preset"):
+        get_preset("imagenet-caffe")
+    with pytest.raises(CalibkitError, match="interpolation"):
+        Preprocess(interpolation="lanczos9")
+    with pytest.raises(CalibkitError, match="std"):
+        Preprocess(std=(1.0, 0.0, 1.0))

@@ -1,0 +1,122 @@
+"""The command line: one-line errors with exit code 2 for bad input, and deterministic outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibkit.cli import main
+from tests.conftest import write_images
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CALIBKIT_QUIET": "1"}
+    return subprocess.run([sys.executable, "-m", "calibkit.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("calibkit: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+def test_missing_folder(small_model, tmp_path):
+    result = run_cli("eval", "--model", str(small_model), "--images", str(tmp_path / "missing"))
+    assert_one_line_error(result, "missing: image folder does not exist")
+
+
+def test_empty_folder(small_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("eval", "--model", str(small_model), "--images", str(tmp_path / "empty")),
+                          "no images found")
+
+
+def test_non_image_and_truncated_files_then_skip_bad(small_model, image_folder):
+    (image_folder / "notes.jpg").write_text("this is text")
+    good = (image_folder / "img_000.jpg").read_bytes()
+    (image_folder / "img_001.jpg").write_bytes(good[: len(good) // 3])
+    result = run_cli("eval", "--model", str(small_model), "--images", str(image_folder))
+    assert_one_line_error(result, "img_001.jpg", "--skip-bad")
+    skipped = run_cli("eval", "--model", str(small_model), "--images", str(image_folder), "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    summary = json.loads(skipped.stdout)
+    assert summary["skipped"] == 2 and summary["images"] == 11
+    assert "skipped 2 unreadable image(s)" in skipped.stderr
+
+
+def test_model_without_image_input(tmp_path, image_folder):
+    from onnx import TensorProto, helper, save
+
+    node = helper.make_node("Identity", ["ids"], ["out"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.INT64, [1, 16])])
+    save(helper.make_model(graph), str(tmp_path / "text.onnx"))
+    result = run_cli("eval", "--model", str(tmp_path / "text.onnx"), "--images", str(image_folder))
+    assert_one_line_error(result, "text.onnx", "float image tensor")
+
+
+def test_size_mismatch_with_fixed_model(tmp_path, image_folder):
+    from tests.conftest import build_small_cnn
+    import onnx
+
+    model = onnx.load(str(build_small_cnn(tmp_path / "m.onnx")))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    result = run_cli("eval", "--model", str(tmp_path / "fixed.onnx"), "--images", str(image_folder), "--size", "64")
+    assert_one_line_error(result, "model input is 32x32 but --size asks for 64x64")
+
+
+def test_unwritable_output_leaves_nothing(small_model, image_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder),
+                     "--out", str(blocker / "run"))
+    assert_one_line_error(result, "cannot create output folder")
+
+
+def test_unknown_method_lists_choices(small_model, image_folder, tmp_path):
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder),
+                     "--out", str(tmp_path / "run"), "--method", "entropy3")
+    assert_one_line_error(result, "unknown calibration method 'entropy3'", "entropy2", "percentile")
+    assert not (tmp_path / "run").exists()
+
+
+def test_calibrate_writes_every_artefact_and_identical_bytes_twice(small_model, image_folder, tmp_path, capsys):
+    argv = ["calibrate", "--model", str(small_model), "--images", str(image_folder), "--method", "all",
+            "--samples", "8", "--seed", "3", "--batch-size", "3"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    for label in ("entropy2", "minmax", "mse", "percentile-99.99"):
+        for suffix in (".cache", ".json", ".qdq.onnx", ".ort.onnx"):
+            assert f"{label}{suffix}" in names
+    for name in names:
+        if name.endswith((".cache", ".json", ".txt")) and name != "summary.json":
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert len((tmp_path / "a" / "images.txt").read_text().splitlines()) == 8
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_quantize_and_compare_gate(small_model, image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0"]) == 0
+    out = tmp_path / "custom.onnx"
+    assert main(["quantize", "--model", str(small_model), "--ranges", str(run / "minmax.json"),
+                 "--out", str(out), "--exclude", "fc"]) == 0
+    assert out.is_file()
+    common = ["compare", "--model", str(small_model), "--images", str(image_folder),
+              "--candidates", f"int8:{run},fp16", "--out", str(tmp_path / "cmp"), "--no-bench"]
+    assert main(common) == 0
+    document = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    names = [c["name"] for c in document["comparison"]["candidates"]]
+    assert names == ["int8 minmax", "fp16"]
+    assert (tmp_path / "cmp" / "report.html").read_text().count("<svg") >= 1
+    assert main(common + ["--fail-on-top1-drop", "-1"]) == 3

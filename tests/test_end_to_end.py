@@ -1,0 +1,34 @@
+"""The real model on the real shared photos: eval, calibrate + compare, and the demo's report."""
+
+import json
+
+import pytest
+
+from calibkit.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_eval_fp32_accuracy_on_shared_images(demo_model, shared_images, capsys):
+    assert main(["eval", "--model", str(demo_model), "--images", str(shared_images), "--batch-size", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 1000
+    assert 80.0 <= summary["top1"] <= 95.0 and summary["top5"] >= 94.0
+
+
+def test_int8_stays_within_one_point_and_is_faster(demo_model, shared_images, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(demo_model), "--images", str(shared_images), "--out", str(run),
+                 "--method", "percentile:99.99", "--samples", "200", "--compare", "--bench-batch-sizes", "8",
+                 "--fail-on-top1-drop", "1.0"]) == 0
+    document = json.loads((run / "report.json").read_text())
+    comparison = document["comparison"]
+    int8 = next(c for c in comparison["candidates"] if c["precision"] == "int8")
+    assert int8["accuracy"]["top1_drop"] <= 1.0
+    assert int8["agreement"]["top1_agreement"] >= 94.0
+    layers = int8["layers"]
+    assert len(layers) > 80 and all(l["cosine"] > 0.9 for l in layers)
+    speed = {(r["candidate"], r["batch"]): r for r in document["speed"]}
+    assert speed[(int8["name"], 8)]["speedup"] > 1.0
+    html = (run / "report.html").read_text()
+    assert "int8 percentile-99.99" in html and "Histograms of the worst layers" in html
