@@ -43,7 +43,7 @@ def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group.add_argument("--std", type=_floats3, help="R,G,B std on the 0-255 scale (overrides the preset)")
     group.add_argument("--crop", type=float, help="centre-crop fraction of the short side (default 224/256)")
     group.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
-    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--batch-size", type=int, default=4)
     group.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a counted warning")
 
 
@@ -132,6 +132,13 @@ def _summarise(result: dict, report: Path) -> None:
     comparison = result["comparison"]
     ref = comparison["reference"]["accuracy"]
     lines = [f"report: {report}"]
+    if "sensitivity" in comparison:
+        sens = comparison["sensitivity"]
+        budget = sens["budget"]
+        top = ", ".join(r["node"] for r in sens["ranking"][:3])
+        lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
+        lines.append(f"  budget {budget['budget']} points {'met' if budget['met'] else 'NOT met'} with "
+                     f"{len(budget['kept_float'])} layer(s) in float: loss {budget['steps'][-1]['loss']:.2f}")
     if comparison["labelled"]:
         lines.append(f"  fp32            top-1 {ref['top1']:6.2f}%  top-5 {ref['top5']:6.2f}%")
     for c in comparison["candidates"]:
@@ -155,7 +162,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     report = args.report or (args.out / "report.html")
     result = compare_and_report(
         args.model, items, _preprocess(args), candidates, report, args.batch_size, args.skip_bad,
-        [] if args.no_bench else args.bench_batch_sizes, run, note,
+        [] if args.no_bench else args.bench_batch_sizes, run, note, args.accuracy_budget, args.sensitivity_images,
     )
     _summarise(result, report)
     return _gate(result, args.fail_on_top1_drop)
@@ -303,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--sampler", default="random")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4)
     _add_compare_options(p, out_default=None, with_out=False)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, accuracy_budget=0.5)
     return parser
 
 
@@ -317,6 +324,10 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
     group.add_argument("--bench-batch-sizes", type=_batch_sizes, default=[1, 8, 32])
     group.add_argument("--fail-on-top1-drop", type=float, help="exit 3 when a candidate loses more top-1 points")
+    group.add_argument("--accuracy-budget", type=float,
+                       help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
+                            "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")
+    group.add_argument("--sensitivity-images", type=int, default=100, help="images for the sensitivity ranking")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,19 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.ranges_json import read_ranges, write_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods
-from calibkit.data.images import ImageItem, discover_images
 from calibkit.compare.run import Candidate
+from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.errors import CalibkitError
 from calibkit.fileio import ensure_writable_dir, write_text_atomic
 from calibkit.onnx_model import file_sha256, image_input, load_model
 from calibkit.progress import progress
 from calibkit.samplers.registry import sample
+from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.collect import CollectedStats, collect_statistics
 
 
@@ -38,6 +41,7 @@ class CalibrationRun:
     calibrators: dict[str, Calibrator]
     chosen: list[ImageItem]
     timings: dict[str, float] = field(default_factory=dict)
+    sufficiency: dict | None = None
 
     def cache_path(self, label: str) -> Path:
         return self.out / f"{label}.cache"
@@ -76,7 +80,8 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
             paths = export_int8(model, run_dir, label, exclude)
-        candidates.append(Candidate(f"int8 {label}", "int8", paths["onnxruntime"], paths["tensorrt"], label))
+        candidates.append(Candidate(f"int8 {label}", "int8", paths["onnxruntime"], paths["tensorrt"], label,
+                                    run_dir / f"{label}.json"))
     return candidates
 
 
@@ -104,11 +109,12 @@ def calibrate(
     sampler: str = "random",
     seed: int = 0,
     preprocess: Preprocess | str = "imagenet-tf",
-    batch_size: int = 8,
+    batch_size: int = 4,
     skip_bad: bool = False,
     labels: Path | None = None,
     trt_version: int = DEFAULT_TRT_VERSION,
     exclude: Sequence[str] = (),
+    shard_size: int | None = 50,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
@@ -124,7 +130,7 @@ def calibrate(
     start = time.perf_counter()
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
-    stats = collect_statistics(model, chosen, spec, batch_size=batch_size, skip_bad=skip_bad)
+    stats = collect_statistics(model, chosen, spec, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size)
     stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool)})
     timings["statistics_s"] = stats.seconds
     stats.save(out / "stats.npz")
@@ -138,9 +144,15 @@ def calibrate(
         write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
         write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
         export_int8(model, out, label, exclude)
-    summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance}
+    enough = None
+    if len(stats.shards) > 1:
+        start = time.perf_counter()
+        enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()))
+        timings["sufficiency_s"] = time.perf_counter() - start
+    summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
+               "sufficiency": enough}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings)
+    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough)
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
@@ -176,8 +188,11 @@ def compare_and_report(
     batch_sizes: Sequence[int] = (1, 8, 32),
     run: CalibrationRun | None = None,
     note: str | None = None,
+    accuracy_budget: float | None = None,
+    sensitivity_images: int = 100,
 ) -> dict:
-    """Compare, benchmark and write ``report`` (HTML) and its JSON; return the JSON document."""
+    """Compare, optionally rank layer sensitivity and fit an accuracy budget, benchmark, and write
+    ``report`` (HTML) and its JSON; return the JSON document."""
     from calibkit.compare.run import compare_models
     from calibkit.report.html import write_report
 
@@ -185,6 +200,11 @@ def compare_and_report(
     if note:
         comparison["note"] = note
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.model) for c in candidates]
+    if accuracy_budget is not None:
+        sensitivity = sensitivity_and_budget(model, items, preprocess, candidates, comparison, accuracy_budget,
+                                             Path(report).parent, sensitivity_images)
+        comparison["sensitivity"] = sensitivity
+        models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
     speed = bench_models(models, input_shape(preprocess), batch_sizes) if batch_sizes else []
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "preprocess": json.dumps(preprocess.to_dict())}
@@ -193,5 +213,45 @@ def compare_and_report(
         provenance.update({f"calibration {k}": v for k, v in run.stats.provenance.items() if k != "preprocess"})
         provenance["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in run.timings.items()})
         thresholds = {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}
-    write_report(report, comparison, speed, run.stats.tensors if run else None, thresholds, provenance)
+    write_report(report, comparison, speed, run.stats.tensors if run else None, thresholds, provenance,
+                 run.sufficiency if run else None)
     return {"comparison": comparison, "speed": speed}
+
+
+def _image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
+    from calibkit.compare.sensitivity import ImageCache
+    from calibkit.data.loader import iter_batches
+
+    batches = list(iter_batches(items, preprocess, 16, skip_bad=skip_bad))
+    labels = [b.labels for b in batches]
+    joined = None if any(l is None for l in labels) else np.concatenate(labels)
+    return ImageCache(np.concatenate([b.array for b in batches]), joined)
+
+
+def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess,
+                           candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
+                           sensitivity_images: int = 100) -> dict:
+    """Rank layers for the best INT8 candidate on a seeded subset, then fit ``budget`` on all images."""
+    from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
+
+    results = {c["name"]: c for c in comparison["candidates"]}
+    int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]
+    if not int8:
+        raise CalibkitError("--accuracy-budget needs an INT8 candidate from a calibration run")
+    if comparison["labelled"]:
+        best = min(int8, key=lambda c: results[c.name]["accuracy"]["top1_drop"])
+    else:
+        best = max(int8, key=lambda c: results[c.name]["agreement"]["top1_agreement"])
+    ranges, _ = read_ranges(best.ranges)
+    subset = sample(list(items), sensitivity_images, "random", seed=0)
+    ranking = layer_sensitivity(model, ranges, _image_cache(subset, preprocess))
+    fitted = fit_accuracy_budget(model, ranges, _image_cache(items, preprocess), [r["node"] for r in ranking],
+                                 budget, Path(out) / f"{best.calibrator}.mixed")
+    return {
+        "name": f"int8 {best.calibrator} mixed",
+        "calibrator": best.calibrator,
+        "sensitivity_images": len(subset),
+        "ranking": ranking,
+        "budget": {"budget": budget, "met": fitted.met, "kept_float": fitted.kept_float, "steps": fitted.steps,
+                   "models": fitted.models},
+    }

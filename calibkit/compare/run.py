@@ -33,6 +33,7 @@ class Candidate:
     model: Path
     drift_model: Path | None = None
     calibrator: str | None = None
+    ranges: Path | None = None
     meta: dict = field(default_factory=dict)
 
 

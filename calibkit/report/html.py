@@ -48,6 +48,7 @@ def write_report(
     stats: Mapping[str, TensorStats] | None = None,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     provenance: Mapping | None = None,
+    sufficiency: Mapping | None = None,
 ) -> tuple[Path, Path]:
     """Write ``out_html`` and ``<stem>.json`` with every number; return both paths."""
     out_html = Path(out_html)
@@ -93,13 +94,27 @@ def write_report(
         sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
         layer_images=comparison.get("layer_images", comparison["images"]),
+        sensitivity=comparison.get("sensitivity"),
+        sufficiency=sufficiency,
+        sufficiency_chart=_sufficiency_chart(sufficiency),
         provenance=dict(provenance or {}),
         json_name=out_json.name,
     )
-    document = {"comparison": comparison, "speed": list(speed_rows), "provenance": dict(provenance or {})}
+    document = {"comparison": comparison, "speed": list(speed_rows), "provenance": dict(provenance or {}),
+                "sufficiency": sufficiency}
     write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
+
+
+def _sufficiency_chart(sufficiency: Mapping | None) -> str | None:
+    if not sufficiency or not sufficiency.get("methods"):
+        return None
+    methods = sufficiency["methods"]
+    sizes = [str(row["images"]) for row in next(iter(methods.values()))]
+    series = {label: [row["median_change_pct"] for row in rows] for label, rows in methods.items()}
+    return line_chart(series, sizes, "median |amax change| (%)", "calibration images (bootstrap mean)",
+                      height=260, tick_labels=True)
 
 
 def _signed(points: float) -> str:

@@ -22,7 +22,8 @@ def _axis_range(values: list[float]) -> tuple[float, float]:
 
 
 def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y_label: str,
-               width: int = 900, height: int = 300) -> str:
+               x_label: str = "layer (network depth)", width: int = 900, height: int = 300,
+               tick_labels: bool = False) -> str:
     """One polyline per series over shared x positions; hovering a point shows its x label and value."""
     left, right, top, bottom = 60, 160, 15, 30
     lo, hi = _axis_range(_finite([v for vs in series.values() for v in vs]))
@@ -38,7 +39,10 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
     parts.append(f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
                  f'{escape(y_label)}</text>')
     parts.append(f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">'
-                 'layer (network depth)</text>')
+                 f'{escape(x_label)}</text>')
+    if tick_labels:
+        for i, label in enumerate(x_labels):
+            parts.append(f'<text x="{sx(i):.1f}" y="{height - bottom + 14}" text-anchor="middle">{escape(label)}</text>')
     for index, (name, values) in enumerate(series.items()):
         colour = PALETTE[index % len(PALETTE)]
         points = [(sx(i), sy(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]

@@ -29,6 +29,8 @@ class CollectedStats:
     provenance: dict = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shards: list[dict[str, TensorStats]] = field(default_factory=list)
+    shard_images: list[int] = field(default_factory=list)
 
     def save(self, path: Path) -> Path:
         """Write an ``.npz`` that :meth:`load` reads back; calibrators can then run without images."""
@@ -57,33 +59,42 @@ def collect_statistics(
     model_path: Path,
     items: Sequence[ImageItem],
     preprocess: Preprocess,
-    batch_size: int = 8,
+    batch_size: int = 4,
     bins: int = DEFAULT_BINS,
     tensors: Sequence[str] | None = None,
     skip_bad: bool = False,
     threads: int = 0,
+    shard_size: int | None = None,
 ) -> CollectedStats:
     """Run the model once over ``items`` and return streaming statistics of ``tensors``.
 
     ``tensors`` defaults to the graph input plus every float tensor a node produces, which covers all
-    inputs and outputs a Q/DQ quantizer may ask a range for.
+    inputs and outputs a Q/DQ quantizer may ask a range for. With ``shard_size``, statistics are also
+    kept per consecutive shard of about that many images (``shards``), for sufficiency analysis; the
+    totals are their exact merge. Memory grows by one histogram set per shard, not per image.
     """
     model = load_model(Path(model_path))
     names = list(tensors) if tensors is not None else float_activations(model)
     session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=names, threads=threads)
-    stats = {name: TensorStats(name, bins) for name in names}
+    shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in names}]
+    shard_images = [0]
     report = LoadReport()
     seen: list[ImageItem] = []
     start = time.perf_counter()
     with progress(len(items), "collecting statistics") as bar:
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
+            if shard_size and shard_images[-1] >= shard_size:
+                shards.append({name: TensorStats(name, bins) for name in names})
+                shard_images.append(0)
             outputs = session.run(batch.array, names)
             for name in names:
-                stats[name].update(outputs[name])
+                shards[-1][name].update(outputs[name])
+            shard_images[-1] += len(batch.items)
             seen.extend(batch.items)
             bar.update(len(batch.items))
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
+    stats = merge_shards(shards)
     provenance = {
         "model_sha256": file_sha256(Path(model_path)),
         "model": Path(model_path).name,
@@ -93,4 +104,13 @@ def collect_statistics(
         "preprocess": preprocess.to_dict(),
         "histogram_bins": bins,
     }
-    return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start)
+    return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start,
+                          shards if shard_size else [], shard_images if shard_size else [])
+
+
+def merge_shards(shards: Sequence[dict[str, TensorStats]]) -> dict[str, TensorStats]:
+    """Tensor-wise merge of several statistics sets (exact: see :meth:`TensorStats.merge`)."""
+    merged = dict(shards[0])
+    for shard in shards[1:]:
+        merged = {name: merged[name].merge(stats) for name, stats in shard.items()}
+    return merged

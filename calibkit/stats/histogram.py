@@ -1,8 +1,9 @@
 """Running min/max and a growing |x| histogram that never keeps samples.
 
-The histogram has a fixed number of bins over ``[0, upper)``. When a batch exceeds ``upper``, the
-range doubles (as often as needed) and neighbouring bin pairs are summed: an exact re-binning, so no
-count moves to a wrong bin, and memory stays ``bins`` integers per tensor whatever the image count.
+The histogram has a fixed number of bins over ``[0, upper)``, ``upper`` a power of two. When a batch
+exceeds ``upper``, the range doubles (as often as needed) and neighbouring bin pairs are summed: an
+exact re-binning, so no count moves to a wrong bin, and memory stays ``bins`` integers per tensor
+whatever the image count.
 """
 
 from __future__ import annotations
@@ -47,52 +48,80 @@ class TensorStats:
         return np.linspace(0.0, self.upper, self.bins + 1)
 
     def update(self, values: np.ndarray) -> None:
-        """Fold a batch of values (any shape) into the statistics."""
+        """Fold a batch of values (any shape) into the statistics.
+
+        Works chunk by chunk so min, max, |x| and the bin indices are computed while the chunk is in
+        cache; non-finite values are counted in :attr:`nonfinite` and left out.
+        """
         flat = np.asarray(values, dtype=np.float32).reshape(-1)
-        if flat.size == 0:
-            return
-        lo, hi = float(flat.min()), float(flat.max())
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            finite = np.isfinite(flat)
-            self.nonfinite += int(flat.size - finite.sum())
-            flat = flat[finite]
-            if flat.size == 0:
-                return
-            lo, hi = float(flat.min()), float(flat.max())
-        self.count += flat.size
-        self.min, self.max = min(self.min, lo), max(self.max, hi)
-        amax = max(-lo, hi)
-        if amax == 0.0 and self.upper == 0.0:
-            self._zeros_pending += flat.size
-            return
-        self._grow_to(amax)
-        self._accumulate(flat)
+        buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
+        idx = np.empty(buf.size, dtype=np.intp)
+        for start in range(0, flat.size, _CHUNK):
+            chunk = flat[start : start + _CHUNK]
+            lo, hi = float(chunk.min()), float(chunk.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                finite = chunk[np.isfinite(chunk)]
+                self.nonfinite += chunk.size - finite.size
+                if finite.size == 0:
+                    continue
+                chunk, lo, hi = finite, float(finite.min()), float(finite.max())
+            self.count += chunk.size
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
+            amax = max(-lo, hi)
+            if amax == 0.0 and self.upper == 0.0:
+                self._zeros_pending += chunk.size
+                continue
+            self._grow_to(amax)
+            n = chunk.size
+            np.multiply(chunk, np.float32(self.bins / self.upper), out=buf[:n])
+            np.abs(buf[:n], out=buf[:n])
+            np.minimum(buf[:n], self.bins - 1, out=buf[:n])
+            idx[:n] = buf[:n]
+            self.hist += np.bincount(idx[:n], minlength=self.bins)
 
     def _grow_to(self, amax: float) -> None:
+        """Make ``upper`` the smallest power of two above ``amax``, merging bin pairs as it doubles.
+
+        Powers of two put every tensor's histograms on one dyadic grid, so histograms of different
+        image subsets merge exactly (see :meth:`merge`).
+        """
         if self.upper == 0.0:
-            self.upper = amax
+            self.upper = math.ldexp(1.0, math.frexp(amax)[1])
             self.hist[0] += self._zeros_pending
             self._zeros_pending = 0
             return
         while amax >= self.upper:
-            half = self.hist.reshape(-1, 2).sum(axis=1)
-            self.hist[: half.size] = half
-            self.hist[half.size :] = 0
-            self.upper *= 2.0
+            self._double()
 
-    def _accumulate(self, flat: np.ndarray) -> None:
-        scale = np.float32(self.bins / self.upper)
-        last = self.bins - 1
-        buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
-        idx = np.empty(buf.size, dtype=np.int32)
-        for start in range(0, flat.size, _CHUNK):
-            chunk = flat[start : start + _CHUNK]
-            n = chunk.size
-            np.abs(chunk, out=buf[:n])
-            buf[:n] *= scale
-            idx[:n] = buf[:n]
-            np.minimum(idx[:n], last, out=idx[:n])
-            self.hist += np.bincount(idx[:n], minlength=self.bins)
+    def _double(self) -> None:
+        half = self.hist.reshape(-1, 2).sum(axis=1)
+        self.hist[: half.size] = half
+        self.hist[half.size :] = 0
+        self.upper *= 2.0
+
+    def merge(self, other: "TensorStats") -> "TensorStats":
+        """New statistics of both inputs together (same tensor, same bin count): exact on the dyadic grid."""
+        if other.bins != self.bins:
+            raise ValueError("cannot merge histograms with different bin counts")
+        merged = TensorStats(self.name, self.bins, self.count + other.count, self.nonfinite + other.nonfinite,
+                             min(self.min, other.min), max(self.max, other.max), self.upper, self.hist.copy())
+        merged._zeros_pending = self._zeros_pending
+        for source in (other,):
+            if source.upper == 0.0:
+                merged._zeros_pending += source._zeros_pending
+                continue
+            aligned = TensorStats(source.name, source.bins, upper=source.upper, hist=source.hist.copy())
+            if merged.upper == 0.0:
+                merged.upper = source.upper
+                merged.hist[0] += merged._zeros_pending
+                merged._zeros_pending = 0
+            while aligned.upper < merged.upper:
+                aligned._double()
+            while merged.upper < aligned.upper:
+                merged._double()
+            merged.hist += aligned.hist
+            merged.hist[0] += source._zeros_pending
+        return merged
 
     def resampled(self, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:
         """The histogram re-binned to ``bins`` equal bins over ``[0, absmax]`` (TensorRT's layout).

@@ -58,3 +58,38 @@ def test_resampled_keeps_the_total_and_spans_absmax():
 def test_bins_must_be_power_of_two():
     with pytest.raises(ValueError):
         TensorStats("t", bins=1000)
+
+
+def test_merge_of_parts_equals_stats_of_the_whole():
+    rng = np.random.default_rng(7)
+    parts = [rng.standard_normal(5000).astype(np.float32) * s for s in (0.3, 5.0, 1.0)]
+    whole = TensorStats("t", bins=256)
+    for part in parts:
+        whole.update(part)
+    pieces = []
+    for part in parts:
+        piece = TensorStats("t", bins=256)
+        piece.update(part)
+        pieces.append(piece)
+    merged = pieces[0].merge(pieces[1]).merge(pieces[2])
+    assert merged.upper == whole.upper and merged.count == whole.count
+    assert (merged.min, merged.max) == (whole.min, whole.max)
+    np.testing.assert_array_equal(merged.hist, whole.hist)
+
+
+def test_merge_with_empty_and_all_zero_parts():
+    data = TensorStats("t", bins=64)
+    data.update(np.array([1.0, -3.0], np.float32))
+    zeros = TensorStats("t", bins=64)
+    zeros.update(np.zeros(5, np.float32))
+    merged = zeros.merge(data).merge(TensorStats("t", bins=64))
+    assert merged.count == 7 and merged.hist.sum() == 7 and merged.hist[0] == 5 + 0
+    assert merged.upper == 4.0
+
+
+def test_upper_is_the_power_of_two_above_absmax():
+    stats = TensorStats("t", bins=64)
+    stats.update(np.array([3.0], np.float32))
+    assert stats.upper == 4.0
+    stats.update(np.array([4.0], np.float32))
+    assert stats.upper == 8.0

@@ -1,0 +1,60 @@
+"""Were enough calibration images used? How far each calibrator's ranges move as the subset grows.
+
+Statistics are collected per shard of images in the one calibration pass. For each subset size, shards
+are drawn with replacement (a seeded bootstrap), merged exactly, calibrated, and compared with the
+ranges of the whole set: the median over tensors of |amax_subset / amax_all - 1|, in percent. A curve
+that flattens near zero well before the full size says the set was large enough.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from calibkit.calib.registry import Calibrator, compute_ranges
+from calibkit.stats.histogram import TensorStats
+from calibkit.stats.collect import merge_shards
+
+DEFAULT_SIZES = (50, 100, 250, 500, 1000)
+
+
+def _quiet_amax(tensors: dict[str, TensorStats], calibrator: Calibrator) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.array([r.amax for r in compute_ranges(tensors, calibrator).values()])
+
+
+def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence[int],
+                calibrators: Sequence[Calibrator], sizes: Sequence[int] = DEFAULT_SIZES,
+                bootstrap: int = 5, seed: int = 0) -> dict:
+    """Per calibrator, rows ``{images, median_change_pct, spread_pct, p90_change_pct}`` by subset size.
+
+    ``shard_images`` gives the image count of each shard; sizes larger than the whole set are dropped
+    and the whole set's size is always included.
+    """
+    rng = np.random.default_rng(seed)
+    total = int(sum(shard_images))
+    per_shard = max(1, round(total / len(shards)))
+    counts = sorted({min(len(shards), max(1, round(s / per_shard))) for s in sizes if s <= total} | {len(shards)})
+    full = merge_shards(shards)
+    result: dict = {"shard_images": per_shard, "bootstrap": bootstrap, "seed": seed, "methods": {}}
+    reference = {c.label: _quiet_amax(full, c) for c in calibrators}
+    draws = {k: [rng.integers(0, len(shards), size=k) for _ in range(bootstrap)] for k in counts}
+    merged = {(k, b): merge_shards([shards[i] for i in pick]) for k, picks in draws.items()
+              for b, pick in enumerate(picks)}
+    for calibrator in calibrators:
+        rows = []
+        for k in counts:
+            medians, p90s = [], []
+            for b in range(bootstrap):
+                change = np.abs(_quiet_amax(merged[(k, b)], calibrator) / reference[calibrator.label] - 1) * 100
+                medians.append(float(np.median(change)))
+                p90s.append(float(np.percentile(change, 90)))
+            rows.append({"images": int(sum(shard_images[:k])) if k == len(shards) else k * per_shard,
+                         "median_change_pct": float(np.mean(medians)), "spread_pct": float(np.std(medians)),
+                         "p90_change_pct": float(np.mean(p90s))})
+        result["methods"][calibrator.label] = rows
+    return result
