@@ -129,6 +129,8 @@ def _gate(result: dict, limit: float | None) -> int:
 
 
 def _summarise(result: dict, report: Path) -> None:
+    from calibkit.compare.accuracy import format_points
+
     comparison = result["comparison"]
     ref = comparison["reference"]["accuracy"]
     lines = [f"report: {report}"]
@@ -137,7 +139,7 @@ def _summarise(result: dict, report: Path) -> None:
         budget = sens["budget"]
         top = ", ".join(r["node"] for r in sens["ranking"][:3])
         lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
-        lines.append(f"  budget {budget['budget']} points {'met' if budget['met'] else 'NOT met'} with "
+        lines.append(f"  budget {budget['budget']} {budget['metric']} points {'met' if budget['met'] else 'NOT met'} with "
                      f"{len(budget['kept_float'])} layer(s) in float: loss {budget['steps'][-1]['loss']:.2f}")
     if comparison["labelled"]:
         lines.append(f"  fp32            top-1 {ref['top1']:6.2f}%  top-5 {ref['top5']:6.2f}%")
@@ -146,7 +148,7 @@ def _summarise(result: dict, report: Path) -> None:
         speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["batch"] == 8]
         line = f"  {c['name']:<15}"
         if comparison["labelled"]:
-            line += f" top-1 {acc['top1']:6.2f}% ({-acc['top1_drop']:+.2f})"
+            line += f" top-1 {acc['top1']:6.2f}% ({format_points(-acc['top1_drop'])})"
         line += f"  agreement {agree['top1_agreement']:6.2f}%"
         if speed and speed[0]["speedup"]:
             line += f"  {speed[0]['speedup']:.2f}x FP32 at batch 8"
@@ -163,6 +165,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     result = compare_and_report(
         args.model, items, _preprocess(args), candidates, report, args.batch_size, args.skip_bad,
         [] if args.no_bench else args.bench_batch_sizes, run, note, args.accuracy_budget, args.sensitivity_images,
+        args.budget_metric,
     )
     _summarise(result, report)
     return _gate(result, args.fail_on_top1_drop)
@@ -328,6 +331,8 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
                        help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
                             "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")
     group.add_argument("--sensitivity-images", type=int, default=100, help="images for the sensitivity ranking")
+    group.add_argument("--budget-metric", choices=["auto", "top1", "agreement"], default="auto",
+                       help="what the budget limits: top-1 drop (auto with labels) or top-1 agreement loss")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

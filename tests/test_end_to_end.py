@@ -32,3 +32,23 @@ def test_int8_stays_within_one_point_and_is_faster(demo_model, shared_images, tm
     assert speed[(int8["name"], 8)]["speedup"] > 1.0
     html = (run / "report.html").read_text()
     assert "int8 percentile-99.99" in html and "Histograms of the worst layers" in html
+
+
+def test_demo_writes_a_complete_report(demo_model, shared_images, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--samples", "100", "--sampler", "kmeans", "--method", "minmax",
+                 "--sensitivity-images", "20", "--bench-batch-sizes", "1"]) == 0
+    document = json.loads((out / "report.json").read_text())
+    comparison = document["comparison"]
+    assert comparison["images"] == 1000 and comparison["labelled"]
+    assert [c["name"] for c in comparison["candidates"]] == ["int8 minmax", "fp16"]
+    sensitivity = comparison["sensitivity"]
+    assert len(sensitivity["ranking"]) == 50 and sensitivity["budget"]["met"]
+    assert sensitivity["budget"]["steps"][-1]["loss"] <= 0.5
+    assert (out / "minmax.mixed.qdq.onnx").is_file()
+    assert [row["images"] for row in document["sufficiency"]["methods"]["minmax"]] == [50, 100]
+    html = (out / "report.html").read_text()
+    for section in ("Summary", "Per-layer drift", "Layer sensitivity", "Were enough calibration images used",
+                    "Histograms of the worst layers", "Provenance"):
+        assert section in html
+    assert "<script src=" not in html and "<link " not in html, "report must be self-contained"

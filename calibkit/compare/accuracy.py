@@ -39,3 +39,9 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     p, q = softmax(reference.astype(np.float64)), softmax(candidate.astype(np.float64))
     kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
     return {"top1_agreement": top1, "top5_overlap": float(overlap), "mean_kl": float(kl.mean())}
+
+
+def format_points(points: float) -> str:
+    """Signed percentage points, ``+0.50`` / ``-0.10``, and ``0.00`` rather than a negative zero."""
+    text = f"{points:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text

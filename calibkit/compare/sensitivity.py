@@ -19,6 +19,7 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.compare.accuracy import agreement, top_k_accuracy
+from calibkit.errors import CalibkitError
 from calibkit.onnx_model import load_model
 from calibkit.progress import progress
 
@@ -76,25 +77,33 @@ class BudgetResult:
 
     budget: float
     kept_float: list[str]
+    metric: str = "top1"
     steps: list[dict] = field(default_factory=list)
     met: bool = False
     models: dict[str, str] = field(default_factory=dict)
 
 
 def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, ranking: Sequence[str],
-                        budget: float, out_prefix: Path, max_float: int = 16) -> BudgetResult:
+                        budget: float, out_prefix: Path, max_float: int = 16, metric: str = "auto") -> BudgetResult:
     """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the loss is within ``budget``.
 
-    Writes ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k.
+    ``metric``: ``top1`` (points lost against labels), ``agreement`` (top-1 agreement points lost
+    against FP32) or ``auto`` (top1 when the cache has labels). Writes ``<out_prefix>.qdq.onnx``
+    (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k.
     """
+    if metric not in ("auto", "top1", "agreement"):
+        raise CalibkitError(f"unknown budget metric {metric!r}; use auto, top1 or agreement")
+    if metric == "top1" and cache.labels is None:
+        raise CalibkitError("--budget-metric top1 needs labelled images; use agreement")
+    labels = None if metric == "agreement" else cache.labels
     reference = cache.logits(model)
-    result = BudgetResult(budget, [])
+    result = BudgetResult(budget, [], metric="agreement" if labels is None else "top1")
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
         path = Path(tmp) / "q.onnx"
         for k in range(0, min(max_float, len(ranking)) + 1):
             excluded = list(ranking[:k])
             logits = cache.logits(export_qdq(model, ranges, path, excluded, "onnxruntime"))
-            lost = loss(reference, logits, cache.labels)
+            lost = loss(reference, logits, labels)
             step = {"float_layers": k, "loss": lost}
             if cache.labels is not None:
                 step["top1"] = 100 * top_k_accuracy(logits, cache.labels, 1)

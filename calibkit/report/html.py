@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 import jinja2
 import numpy as np
 
+from calibkit.compare.accuracy import format_points
 from calibkit.fileio import write_text_atomic
 from calibkit.report.svg import histogram_chart, line_chart
 from calibkit.stats.histogram import TensorStats
@@ -62,7 +63,7 @@ def write_report(
         accuracy = dict(c["accuracy"])
         for key in ("top1", "top5"):
             if f"{key}_drop" in accuracy:
-                accuracy[f"{key}_delta"] = _signed(-accuracy[f"{key}_drop"])
+                accuracy[f"{key}_delta"] = format_points(-accuracy[f"{key}_drop"])
         candidates.append({**c, "accuracy": accuracy, "worst_layers": worst,
                            "worst_sqnr": f"{worst[0]['sqnr_db']:.1f}" if worst else "–"})
     series = {}
@@ -112,15 +113,9 @@ def _sufficiency_chart(sufficiency: Mapping | None) -> str | None:
         return None
     methods = sufficiency["methods"]
     sizes = [str(row["images"]) for row in next(iter(methods.values()))]
-    series = {label: [row["median_change_pct"] for row in rows] for label, rows in methods.items()}
-    return line_chart(series, sizes, "median |amax change| (%)", "calibration images (bootstrap mean)",
+    series = {label: [row["mean_change_pct"] for row in rows] for label, rows in methods.items()}
+    return line_chart(series, sizes, "mean |amax change| (%)", "calibration images (bootstrap mean)",
                       height=260, tick_labels=True)
-
-
-def _signed(points: float) -> str:
-    """``+0.50`` / ``-0.10``, and ``0.00`` rather than a negative zero."""
-    text = f"{points:+.2f}"
-    return "0.00" if text in ("+0.00", "-0.00") else text
 
 
 def _in_candidate_order(thresholds, candidates) -> dict:

@@ -25,7 +25,7 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
                x_label: str = "layer (network depth)", width: int = 900, height: int = 300,
                tick_labels: bool = False) -> str:
     """One polyline per series over shared x positions; hovering a point shows its x label and value."""
-    left, right, top, bottom = 60, 160, 15, 30
+    left, right, top, bottom = 60, 160, 15, 44 if tick_labels else 30
     lo, hi = _axis_range(_finite([v for vs in series.values() for v in vs]))
     n = max(len(x_labels), 2)
     sx = lambda i: left + i * (width - left - right) / (n - 1)  # noqa: E731

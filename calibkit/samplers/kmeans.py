@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.cluster import MiniBatchKMeans
 
 from calibkit.data.images import ImageItem
 from calibkit.samplers.embedding import thumbnail_embeddings
@@ -14,6 +13,8 @@ from calibkit.samplers.registry import register_sampler
 
 def kmeans_pick(embeddings: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of ``n`` distinct rows, each the nearest unused row to one k-means centre."""
+    from sklearn.cluster import MiniBatchKMeans
+
     model = MiniBatchKMeans(n_clusters=n, random_state=seed, n_init=3, batch_size=max(1024, 3 * n))
     model.fit(embeddings)
     sq = (embeddings**2).sum(1)[:, None] - 2 * embeddings @ model.cluster_centers_.T

@@ -2,7 +2,8 @@
 
 Statistics are collected per shard of images in the one calibration pass. For each subset size, shards
 are drawn with replacement (a seeded bootstrap), merged exactly, calibrated, and compared with the
-ranges of the whole set: the median over tensors of |amax_subset / amax_all - 1|, in percent. A curve
+ranges of the whole set: the mean over tensors of |amax_subset / amax_all - 1|, in percent (a mean,
+since bounded activations such as ReLU6 outputs never move and would pin a median at zero). A curve
 that flattens near zero well before the full size says the set was large enough.
 """
 
@@ -30,7 +31,7 @@ def _quiet_amax(tensors: dict[str, TensorStats], calibrator: Calibrator) -> np.n
 def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence[int],
                 calibrators: Sequence[Calibrator], sizes: Sequence[int] = DEFAULT_SIZES,
                 bootstrap: int = 5, seed: int = 0) -> dict:
-    """Per calibrator, rows ``{images, median_change_pct, spread_pct, p90_change_pct}`` by subset size.
+    """Per calibrator, rows ``{images, mean_change_pct, spread_pct, p90_change_pct}`` by subset size.
 
     ``shard_images`` gives the image count of each shard; sizes larger than the whole set are dropped
     and the whole set's size is always included.
@@ -48,13 +49,13 @@ def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence
     for calibrator in calibrators:
         rows = []
         for k in counts:
-            medians, p90s = [], []
+            means, p90s = [], []
             for b in range(bootstrap):
                 change = np.abs(_quiet_amax(merged[(k, b)], calibrator) / reference[calibrator.label] - 1) * 100
-                medians.append(float(np.median(change)))
+                means.append(float(np.mean(change)))
                 p90s.append(float(np.percentile(change, 90)))
             rows.append({"images": int(sum(shard_images[:k])) if k == len(shards) else k * per_shard,
-                         "median_change_pct": float(np.mean(medians)), "spread_pct": float(np.std(medians)),
+                         "mean_change_pct": float(np.mean(means)), "spread_pct": float(np.std(means)),
                          "p90_change_pct": float(np.mean(p90s))})
         result["methods"][calibrator.label] = rows
     return result

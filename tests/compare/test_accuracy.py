@@ -24,3 +24,9 @@ def test_agreement_identical_and_different():
     assert same["top1_agreement"] == 100 and same["top5_overlap"] == 100 and same["mean_kl"] == pytest.approx(0)
     shuffled = agreement(a, a[:, ::-1])
     assert shuffled["top1_agreement"] < 50 and shuffled["mean_kl"] > 0.1
+
+
+def test_format_points_never_prints_negative_zero():
+    from calibkit.compare.accuracy import format_points
+
+    assert [format_points(v) for v in (0.5, -0.1, -0.001, 0.0)] == ["+0.50", "-0.10", "0.00", "0.00"]

@@ -64,3 +64,14 @@ def test_loss_uses_labels_when_present():
     candidate = np.eye(4)[[0, 1, 3, 2]]
     assert loss(reference, candidate, None) == pytest.approx(50.0)
     assert loss(reference, candidate, np.array([0, 1, 3, 3])) == pytest.approx(0.0)
+
+
+def test_budget_metric_agreement_ignores_labels_and_top1_needs_them(small_model, setup, tmp_path):
+    broken, cache = setup
+    result = fit_accuracy_budget(small_model, broken, cache, ["fc"], 100.0, tmp_path / "a", metric="agreement")
+    assert result.metric == "agreement" and "top1" not in result.steps[0]
+    from calibkit.errors import CalibkitError
+
+    with pytest.raises(CalibkitError, match="needs labelled images"):
+        fit_accuracy_budget(small_model, broken, ImageCache(cache.arrays, None), ["fc"], 1.0, tmp_path / "b",
+                            metric="top1")
