@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     from calibkit.compare.accuracy import agreement, top_k_accuracy
     from calibkit.data.images import discover_images
     from calibkit.demo_assets import SHARED_IMAGES, demo_model
-    from calibkit.workflow import _image_cache, calibrate, model_preprocess, qdq_paths
+    from calibkit.workflow import calibrate, image_cache, model_preprocess, qdq_paths
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,500")

@@ -25,6 +25,8 @@ from calibkit.errors import CalibkitError
 from calibkit.fileio import ensure_writable_dir, write_text_atomic
 from calibkit.onnx_model import file_sha256, image_input, load_model
 from calibkit.progress import progress
+from calibkit.samplers.coverage import coverage_report
+from calibkit.samplers.embedding import thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.collect import CollectedStats, collect_statistics
@@ -42,6 +44,7 @@ class CalibrationRun:
     chosen: list[ImageItem]
     timings: dict[str, float] = field(default_factory=dict)
     sufficiency: dict | None = None
+    coverage: dict | None = None
 
     def cache_path(self, label: str) -> Path:
         return self.out / f"{label}.cache"
@@ -115,6 +118,7 @@ def calibrate(
     trt_version: int = DEFAULT_TRT_VERSION,
     exclude: Sequence[str] = (),
     shard_size: int | None = 50,
+    report_coverage: bool = True,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
@@ -130,6 +134,11 @@ def calibrate(
     start = time.perf_counter()
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
+    coverage = None
+    if report_coverage and len(chosen) < len(pool):
+        start = time.perf_counter()
+        coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
+        timings["coverage_s"] = time.perf_counter() - start
     stats = collect_statistics(model, chosen, spec, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size)
     stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool)})
     timings["statistics_s"] = stats.seconds
@@ -150,9 +159,9 @@ def calibrate(
         enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()))
         timings["sufficiency_s"] = time.perf_counter() - start
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
-               "sufficiency": enough}
+               "coverage": coverage, "sufficiency": enough}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough)
+    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
@@ -213,6 +222,8 @@ def compare_and_report(
     if run is not None:
         provenance.update({f"calibration {k}": v for k, v in run.stats.provenance.items() if k != "preprocess"})
         provenance["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in run.timings.items()})
+        if run.coverage:
+            provenance["calibration subset coverage"] = json.dumps(run.coverage)
         thresholds = {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}
     write_report(report, comparison, speed, run.stats.tensors if run else None, thresholds, provenance,
                  run.sufficiency if run else None)

@@ -101,6 +101,9 @@ def test_calibrate_writes_every_artefact_and_identical_bytes_twice(small_model, 
         if name.endswith((".cache", ".json", ".txt")) and name != "summary.json":
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert len((tmp_path / "a" / "images.txt").read_text().splitlines()) == 8
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["coverage"]["pool"] == 12 and summary["coverage"]["chosen"] == 8
+    assert summary["coverage"]["mean_nearest_distance"] > 0
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
 
 

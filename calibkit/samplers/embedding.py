@@ -23,10 +23,21 @@ def _thumbnail(item: ImageItem) -> np.ndarray:
     return np.asarray(small, dtype=np.float32).reshape(-1)
 
 
+_last: tuple[tuple, np.ndarray] | None = None
+
+
 def thumbnail_embeddings(items: Sequence[ImageItem], workers: int = 4) -> np.ndarray:
-    """One row per item: the centre square shrunk to 16x16 RGB, each column standardised."""
+    """One row per item: the centre square shrunk to 16x16 RGB, each column standardised.
+
+    The last pool's embeddings are kept, so sampling and its coverage report decode the pool once.
+    """
+    global _last
+    key = tuple(item.path for item in items)
+    if _last is not None and _last[0] == key:
+        return _last[1]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = np.stack(list(pool.map(_thumbnail, items)))
     rows -= rows.mean(axis=0)
     rows /= rows.std(axis=0) + 1e-6
+    _last = (key, rows)
     return rows

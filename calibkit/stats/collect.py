@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -63,7 +64,7 @@ def collect_statistics(
     bins: int = DEFAULT_BINS,
     tensors: Sequence[str] | None = None,
     skip_bad: bool = False,
-    threads: int = 0,
+    threads: int = 1,
     shard_size: int | None = None,
 ) -> CollectedStats:
     """Run the model once over ``items`` and return streaming statistics of ``tensors``.
@@ -72,6 +73,8 @@ def collect_statistics(
     inputs and outputs a Q/DQ quantizer may ask a range for. With ``shard_size``, statistics are also
     kept per consecutive shard of about that many images (``shards``), for sufficiency analysis; the
     totals are their exact merge. Memory grows by one histogram set per shard, not per image.
+    ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
+    the histogram updates (which take one core) rather than before them.
     """
     model = load_model(Path(model_path))
     names = list(tensors) if tensors is not None else float_activations(model)
@@ -81,17 +84,27 @@ def collect_statistics(
     report = LoadReport()
     seen: list[ImageItem] = []
     start = time.perf_counter()
-    with progress(len(items), "collecting statistics") as bar:
+
+    def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
+        if shard_size and shard_images[-1] >= shard_size:
+            shards.append({name: TensorStats(name, bins) for name in names})
+            shard_images.append(0)
+        for name in names:
+            shards[-1][name].update(outputs[name])
+        shard_images[-1] += len(batch_items)
+        seen.extend(batch_items)
+        bar.update(len(batch_items))
+
+    # Inference of batch k overlaps the histogram updates of batch k-1 (ONNX Runtime releases the GIL).
+    with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
+        previous = None
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
-            if shard_size and shard_images[-1] >= shard_size:
-                shards.append({name: TensorStats(name, bins) for name in names})
-                shard_images.append(0)
-            outputs = session.run(batch.array, names)
-            for name in names:
-                shards[-1][name].update(outputs[name])
-            shard_images[-1] += len(batch.items)
-            seen.extend(batch.items)
-            bar.update(len(batch.items))
+            running = inference.submit(session.run, batch.array, names)
+            if previous is not None:
+                fold(*previous)
+            previous = (batch.items, running.result())
+        if previous is not None:
+            fold(*previous)
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
     stats = merge_shards(shards)

@@ -75,9 +75,12 @@ class TensorStats:
             n = chunk.size
             np.multiply(chunk, np.float32(self.bins / self.upper), out=buf[:n])
             np.abs(buf[:n], out=buf[:n])
-            np.minimum(buf[:n], self.bins - 1, out=buf[:n])
             idx[:n] = buf[:n]
-            self.hist += np.bincount(idx[:n], minlength=self.bins)
+            counts = np.bincount(idx[:n], minlength=self.bins)
+            if counts.size > self.bins:
+                # |x| < upper, but float32 rounding of |x| * bins / upper can reach ``bins`` itself.
+                counts[self.bins - 1] += counts[self.bins :].sum()
+            self.hist += counts[: self.bins]
 
     def _grow_to(self, amax: float) -> None:
         """Make ``upper`` the smallest power of two above ``amax``, merging bin pairs as it doubles.

@@ -93,3 +93,9 @@ def test_upper_is_the_power_of_two_above_absmax():
     assert stats.upper == 4.0
     stats.update(np.array([4.0], np.float32))
     assert stats.upper == 8.0
+
+
+def test_values_just_below_upper_stay_in_the_last_bin():
+    stats = TensorStats("t", bins=8)
+    stats.update(np.array([np.nextafter(np.float32(4.0), np.float32(0)), 1.0], np.float32))
+    assert stats.upper == 4.0 and stats.hist.shape == (8,) and stats.hist[-1] == 1 and stats.hist.sum() == 2
