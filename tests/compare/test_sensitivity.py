@@ -69,7 +69,7 @@ def test_loss_uses_labels_when_present():
 def test_budget_metric_agreement_ignores_labels_and_top1_needs_them(small_model, setup, tmp_path):
     broken, cache = setup
     result = fit_accuracy_budget(small_model, broken, cache, ["fc"], 100.0, tmp_path / "a", metric="agreement")
-    assert result.metric == "agreement" and "top1" not in result.steps[0]
+    assert result.metric == "agreement" and "top1" in result.steps[0], "top-1 is still reported beside"
     from calibkit.errors import CalibkitError
 
     with pytest.raises(CalibkitError, match="needs labelled images"):
