@@ -342,8 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *rest: f"calibkit: warning: {message}\n"
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        result = handler(args)
-        return result if isinstance(result, int) else 0
+        return handler(args)
     except CalibkitError as exc:
         print(f"calibkit: error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,11 @@ import numpy as np
 from PIL import Image
 
 from calibkit.errors import CalibkitError
+from calibkit.fileio import cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPORT_SCRIPT = REPO_ROOT / "datasets" / "export_efficientnet_lite0.py"
 SHARED_IMAGES = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample-320"
-
-
-def cache_dir() -> Path:
-    """``$CALIBKIT_HOME`` or ``~/.cache/calibkit``: models built once and reused, never in git."""
-    return Path(os.environ.get("CALIBKIT_HOME", Path.home() / ".cache" / "calibkit"))
 
 
 def demo_model() -> Path:

@@ -1,4 +1,4 @@
-"""Atomic writes: outputs appear complete under their final name or not at all."""
+"""Where calibkit writes: atomic outputs (complete under their final name or absent) and its cache folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 from calibkit.errors import CalibkitError
+
+
+def cache_dir() -> Path:
+    """``$CALIBKIT_HOME`` or ``~/.cache/calibkit``: exported models and built engines, never in git."""
+    return Path(os.environ.get("CALIBKIT_HOME", Path.home() / ".cache" / "calibkit"))
 
 
 def ensure_writable_dir(path: Path) -> Path:

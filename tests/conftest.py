@@ -86,7 +86,8 @@ def demo_model() -> Path:
     """The real EfficientNet-Lite0, exported once (needs the export extra: torch and the weights)."""
     import importlib.util
 
-    from calibkit.demo_assets import cache_dir, demo_model as build
+    from calibkit.demo_assets import demo_model as build
+    from calibkit.fileio import cache_dir
 
     if not (cache_dir() / "efficientnet_lite0.onnx").is_file() and importlib.util.find_spec("torch") is None:
         pytest.skip("demo model not built and torch missing: pip install -e '.[export]'")

@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from calibkit.cli import main
-from tests.conftest import write_images
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from calibkit.demo_assets import cache_dir
 from calibkit.errors import CalibkitError
+from calibkit.fileio import cache_dir
 from calibkit.onnx_model import file_sha256
 
 INSTALL_HINT = "TensorRT backend needs NVIDIA TensorRT and cuda-python: pip install 'calibkit[tensorrt]' on a CUDA machine"

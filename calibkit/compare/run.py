@@ -7,7 +7,7 @@ keep the reference names). Everything is accumulated batch by batch; only logits
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +34,6 @@ class Candidate:
     drift_model: Path | None = None
     calibrator: str | None = None
     ranges: Path | None = None
-    meta: dict = field(default_factory=dict)
 
 
 def common_tensors(reference: Path, candidate: Path) -> list[str]:
@@ -108,7 +107,6 @@ def compare_models(
             "accuracy": {**acc, **drop},
             "agreement": agreement(reference_logits, logits),
             "layers": [d.to_dict() for d in drifts.get(c.name, {}).values()],
-            **c.meta,
         })
     return {
         "reference": {"model": str(reference), "accuracy": ref_acc},
