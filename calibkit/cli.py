@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from calibkit import __version__
+from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.errors import CalibkitError
 
 
@@ -97,7 +98,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str]):
-    from calibkit.workflow import fp16_candidate, int8_candidates
+    from calibkit.workflow import fp16_candidate
 
     candidates = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
@@ -105,11 +106,18 @@ def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str])
         if kind == "fp16":
             candidates.append(fp16_candidate(model, out))
         elif kind == "int8" and rest:
-            run_dir, _, labels = rest.partition(":")
-            candidates.extend(int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude))
+            candidates.extend(_int8_from_spec(model, rest, exclude))
         else:
             raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
     return candidates
+
+
+def _int8_from_spec(model: Path, spec: str, exclude: Sequence[str] = ()):
+    """INT8 candidates from ``RUN_DIR`` or ``RUN_DIR:method+method``."""
+    from calibkit.workflow import int8_candidates
+
+    run_dir, _, labels = spec.partition(":")
+    return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude)
 
 
 def _gate(result: dict, limit: float | None) -> int:
@@ -171,14 +179,15 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     return _gate(result, args.fail_on_top1_drop)
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
+def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
+    """Calibrate; with ``--compare`` also compare FP32 against every calibrated INT8 model and FP16."""
     from calibkit.workflow import fp16_candidate, int8_candidates
 
     run = _run_calibration(args)
     if not args.compare:
         return 0
     candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
-    return _compare_outputs(args, candidates, run)
+    return _compare_outputs(args, candidates, run, note)
 
 
 def _run_calibration(args: argparse.Namespace):
@@ -211,12 +220,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from calibkit.bench.table import format_table
-    from calibkit.workflow import bench_models, fp16_candidate, input_shape, int8_candidates
+    from calibkit.workflow import bench_models, fp16_candidate, input_shape
 
-    candidates = []
-    if args.int8:
-        run_dir, _, labels = str(args.int8).partition(":")
-        candidates += int8_candidates(args.model, Path(run_dir), labels.split("+") if labels else None)
+    candidates = _int8_from_spec(args.model, args.int8) if args.int8 else []
     if args.fp16:
         candidates.append(fp16_candidate(args.model, args.out))
     models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.model) for c in candidates]
@@ -235,24 +241,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from calibkit.demo_assets import demo_images, demo_model
+    """``calibrate --compare`` on the demo model and images, with the demo's fixed preprocessing."""
+    from calibkit.demo_assets import SHARED_IMAGES, demo_images, demo_model
 
     args.model = demo_model()
     args.images = demo_images()
     args.labels = None
     args.size = args.mean = args.std = args.crop = args.interpolation = None
-    args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], 100800
+    args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.report = args.out / "report.html"
     args.compare = True
-    note = (
-        "Images: one photo per ImageNet class (a coverage set, not a benchmark); full-ImageNet top-1 of "
-        "EfficientNet-Lite0 is about 75%."
-    )
-    run = _run_calibration(args)
-    from calibkit.workflow import fp16_candidate, int8_candidates
-
-    candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
-    return _compare_outputs(args, candidates, run, note)
+    note = None
+    if args.images == SHARED_IMAGES:
+        note = ("Images: one photo per ImageNet class (a coverage set, not a benchmark); full-ImageNet top-1 of "
+                "EfficientNet-Lite0 is about 75%.")
+    return cmd_calibrate(args, note)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="random", help="random, stratified, kmeans, all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder for caches, JSON, stats")
-    p.add_argument("--trt-version", type=int, default=100800, help="version number in the cache header")
+    p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="version number in the cache header")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
     _add_compare_options(p, out_default=None)

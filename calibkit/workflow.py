@@ -46,12 +46,6 @@ class CalibrationRun:
     sufficiency: dict | None = None
     coverage: dict | None = None
 
-    def cache_path(self, label: str) -> Path:
-        return self.out / f"{label}.cache"
-
-    def json_path(self, label: str) -> Path:
-        return self.out / f"{label}.json"
-
 
 def qdq_paths(out: Path, label: str) -> dict[str, Path]:
     """Where a run keeps the Q/DQ models of calibrator ``label``, by target."""
