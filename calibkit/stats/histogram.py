@@ -109,21 +109,22 @@ class TensorStats:
         merged = TensorStats(self.name, self.bins, self.count + other.count, self.nonfinite + other.nonfinite,
                              min(self.min, other.min), max(self.max, other.max), self.upper, self.hist.copy())
         merged._zeros_pending = self._zeros_pending
-        for source in (other,):
-            if source.upper == 0.0:
-                merged._zeros_pending += source._zeros_pending
-                continue
-            aligned = TensorStats(source.name, source.bins, upper=source.upper, hist=source.hist.copy())
+        if other.upper == 0.0:
             if merged.upper == 0.0:
-                merged.upper = source.upper
-                merged.hist[0] += merged._zeros_pending
-                merged._zeros_pending = 0
-            while aligned.upper < merged.upper:
-                aligned._double()
-            while merged.upper < aligned.upper:
-                merged._double()
-            merged.hist += aligned.hist
-            merged.hist[0] += source._zeros_pending
+                merged._zeros_pending += other._zeros_pending
+            else:
+                merged.hist[0] += other._zeros_pending
+            return merged
+        aligned = TensorStats(other.name, other.bins, upper=other.upper, hist=other.hist.copy())
+        if merged.upper == 0.0:
+            merged.upper = other.upper
+            merged.hist[0] += merged._zeros_pending
+            merged._zeros_pending = 0
+        while aligned.upper < merged.upper:
+            aligned._double()
+        while merged.upper < aligned.upper:
+            merged._double()
+        merged.hist += aligned.hist
         return merged
 
     def resampled(self, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:

@@ -85,6 +85,8 @@ def test_merge_with_empty_and_all_zero_parts():
     merged = zeros.merge(data).merge(TensorStats("t", bins=64))
     assert merged.count == 7 and merged.hist.sum() == 7 and merged.hist[0] == 5 + 0
     assert merged.upper == 4.0
+    other_way = data.merge(zeros)
+    assert other_way.count == 7 and other_way.hist.sum() == 7 and other_way.hist[0] == 5
 
 
 def test_upper_is_the_power_of_two_above_absmax():
