@@ -219,6 +219,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from calibkit.backends import available_backends
     from calibkit.bench.table import format_table
     from calibkit.workflow import bench_models, fp16_candidate, input_shape
 
@@ -227,7 +228,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         candidates.append(fp16_candidate(args.model, args.out))
     models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.model) for c in candidates]
     shape = input_shape(_preprocess(args))
-    rows = bench_models(models, shape, args.batch_sizes, args.backend)
+    backends = available_backends() if args.backend == "all" else [args.backend]
+    rows = [row for backend in backends for row in bench_models(models, shape, args.batch_sizes, backend)]
     print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup"]))
     if args.json:
         from calibkit.fileio import write_text_atomic
@@ -296,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_images(p, required=False)
     p.add_argument("--int8", help="RUN_DIR[:method+method] of calibkit calibrate")
     p.add_argument("--fp16", action="store_true", help="also export and time the FP16 model")
-    p.add_argument("--backend", default="ort-cpu", help="ort-cpu, ort-cuda, tensorrt")
+    p.add_argument("--backend", default="all", help="all (every backend available here), ort-cpu, ort-cuda, tensorrt")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where the FP16 model is written")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")

@@ -121,3 +121,15 @@ def test_quantize_and_compare_gate(small_model, image_folder, tmp_path, capsys):
     assert names == ["int8 minmax", "fp16"]
     assert (tmp_path / "cmp" / "report.html").read_text().count("<svg") >= 1
     assert main(common + ["--fail-on-top1-drop", "-1"]) == 3
+
+
+def test_bench_prints_a_table_with_speedups(small_model, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(small_model), "--fp16", "--batch-sizes", "1,2", "--out", str(tmp_path),
+                 "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["candidate", "backend", "batch"]
+    rows = json.loads(out_json.read_text())
+    assert {(r["candidate"], r["backend"], r["batch"]) for r in rows} == {
+        (c, "ort-cpu", b) for c in ("fp32", "fp16") for b in (1, 2)}
+    assert all(r["speedup"] == 1.0 for r in rows if r["candidate"] == "fp32")
