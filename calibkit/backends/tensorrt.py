@@ -204,7 +204,7 @@ class TrtSession:
             shape = tuple(self.context.get_tensor_shape(name))
             results[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
             self.context.set_tensor_address(name, self._device_buffer(name, results[name].nbytes))
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(int(self.stream)):
             raise CalibkitError("TensorRT execution failed")
         for name, host in results.items():
             _check(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
