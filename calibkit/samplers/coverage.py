@@ -8,13 +8,13 @@ from typing import Sequence
 import numpy as np
 
 from calibkit.data.images import ImageItem
+from calibkit.samplers.embedding import squared_distances
 
 
 def nearest_chosen_distance(embeddings: np.ndarray, chosen: np.ndarray) -> float:
     """Mean distance from every pool row to its nearest chosen row: lower means better coverage."""
-    picked = embeddings[chosen]
-    sq = (embeddings**2).sum(1)[:, None] - 2 * embeddings @ picked.T + (picked**2).sum(1)[None, :]
-    return float(np.sqrt(np.maximum(sq.min(axis=1), 0)).mean())
+    nearest = squared_distances(embeddings, embeddings[chosen]).min(axis=1)
+    return float(np.sqrt(np.maximum(nearest, 0)).mean())
 
 
 def coverage_report(pool: Sequence[ImageItem], chosen: Sequence[ImageItem], embeddings: np.ndarray) -> dict:

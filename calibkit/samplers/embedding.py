@@ -41,3 +41,8 @@ def thumbnail_embeddings(items: Sequence[ImageItem], workers: int = 4) -> np.nda
     rows /= rows.std(axis=0) + 1e-6
     _last = (key, rows)
     return rows
+
+
+def squared_distances(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance of every row to every row of ``others`` (rows x others)."""
+    return (rows**2).sum(1)[:, None] - 2 * rows @ others.T + (others**2).sum(1)[None, :]

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from calibkit.data.images import ImageItem
-from calibkit.samplers.embedding import thumbnail_embeddings
+from calibkit.samplers.embedding import squared_distances, thumbnail_embeddings
 from calibkit.samplers.registry import register_sampler
 
 
@@ -17,8 +17,7 @@ def kmeans_pick(embeddings: np.ndarray, n: int, seed: int) -> np.ndarray:
 
     model = MiniBatchKMeans(n_clusters=n, random_state=seed, n_init=3, batch_size=max(1024, 3 * n))
     model.fit(embeddings)
-    sq = (embeddings**2).sum(1)[:, None] - 2 * embeddings @ model.cluster_centers_.T
-    distances = sq + (model.cluster_centers_**2).sum(1)[None, :]
+    distances = squared_distances(embeddings, model.cluster_centers_)
     chosen: list[int] = []
     taken = np.zeros(len(embeddings), dtype=bool)
     for centre in np.argsort(distances.min(axis=0)):
