@@ -36,10 +36,10 @@ class Candidate:
     ranges: Path | None = None
 
 
-def common_tensors(reference: Path, candidate: Path) -> list[str]:
-    """Float activations of the reference that the candidate graph also produces, in reference order."""
+def common_tensors(reference_tensors: Sequence[str], candidate: Path) -> list[str]:
+    """The reference's float activations that the candidate graph also produces, in reference order."""
     produced = {out for node in load_model(candidate).graph.node for out in node.output}
-    return [name for name in float_activations(load_model(reference))[1:] if name in produced]
+    return [name for name in reference_tensors if name in produced]
 
 
 def compare_models(
@@ -58,7 +58,10 @@ def compare_models(
     """
     if not candidates:
         raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
-    layer_names = {c.name: common_tensors(reference, c.drift_model) for c in candidates if layer_images and c.drift_model}
+    reference_tensors = float_activations(load_model(reference))[1:] if layer_images else []
+    layer_names = {
+        c.name: common_tensors(reference_tensors, c.drift_model) for c in candidates if layer_images and c.drift_model
+    }
     exposed = sorted({name for names in layer_names.values() for name in names})
     ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=exposed)
     ref_plain = OrtSession(reference, ["CPUExecutionProvider"])
