@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -52,9 +52,11 @@ def qdq_paths(out: Path, label: str) -> dict[str, Path]:
     return {"tensorrt": out / f"{label}.qdq.onnx", "onnxruntime": out / f"{label}.ort.onnx"}
 
 
-def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] = ()) -> dict[str, Path]:
-    """Write both Q/DQ targets for one calibrator of a run (ranges read from its JSON)."""
-    ranges, _ = read_ranges(run_dir / f"{label}.json")
+def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] = (),
+                ranges: Mapping[str, TensorRange] | None = None) -> dict[str, Path]:
+    """Write both Q/DQ targets for one calibrator of a run (ranges read from its JSON unless given)."""
+    if ranges is None:
+        ranges, _ = read_ranges(run_dir / f"{label}.json")
     paths = qdq_paths(run_dir, label)
     for target, path in paths.items():
         export_qdq(model, ranges, path, exclude=exclude, target=target)
@@ -146,7 +148,7 @@ def calibrate(
         scales = {name: r.scale for name, r in ranges[label].items()}
         write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
         write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
-        export_int8(model, out, label, exclude)
+        export_int8(model, out, label, exclude, ranges[label])
     enough = None
     if len(stats.shards) > 1:
         start = time.perf_counter()
