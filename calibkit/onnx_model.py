@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from calibkit.errors import CalibkitError
 
@@ -79,6 +81,37 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         names.extend(out for out in node.output if out and types.get(out) in _FLOAT_TYPES)
     return list(dict.fromkeys(names))
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensors whose value is fixed in the graph: initializers and outputs of Constant nodes."""
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = value
+    return constants
+
+
+def clamp_bounds(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> tuple[float, float] | None:
+    """``(low, high)`` of a Relu or of a Clip with constant bounds (infinite where absent), else None."""
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    if node.op_type != "Clip":
+        return None
+    attributes = {a.name: a.f for a in node.attribute}
+    if attributes:
+        return attributes.get("min", -math.inf), attributes.get("max", math.inf)
+    bounds = []
+    for name, default in zip((list(node.input[1:3]) + ["", ""])[:2], (-math.inf, math.inf)):
+        if not name:
+            bounds.append(default)
+        elif name in constants:
+            bounds.append(float(numpy_helper.to_array(constants[name]).reshape(-1)[0]))
+        else:
+            return None
+    return bounds[0], bounds[1]
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

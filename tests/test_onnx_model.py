@@ -1,9 +1,12 @@
+import math
+
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import float_activations, image_input, load_model, with_outputs
+from calibkit.onnx_model import clamp_bounds, constant_values, float_activations, image_input, load_model, with_outputs
 
 
 def _model(inputs):
@@ -58,3 +61,20 @@ def test_float_activations_cover_input_and_every_node_output(small_model):
     exposed = with_outputs(load_model(small_model), ["c1", "logits"])
     assert [o.name for o in exposed.graph.output] == ["logits", "c1"]
     assert len(onnx.load(str(small_model)).graph.output) == 1
+
+
+def test_clamp_bounds_of_relu_and_of_clip_in_every_form():
+    lo = numpy_helper.from_array(np.array(-1.5, np.float32), "lo")
+    six = helper.make_node("Constant", [], ["six"], value=numpy_helper.from_array(np.array(6.0, np.float32)))
+    graph = helper.make_graph(
+        [six, helper.make_node("Clip", ["x", "lo", "six"], ["a"]), helper.make_node("Clip", ["x", "", "six"], ["b"]),
+         helper.make_node("Relu", ["x"], ["c"]), helper.make_node("Clip", ["x", "x"], ["d"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in "abcd"], [lo])
+    model = helper.make_model(graph)
+    constants = constant_values(model)
+    bounds = [clamp_bounds(node, constants) for node in model.graph.node[1:]]
+    assert bounds == [(-1.5, 6.0), (-math.inf, 6.0), (0.0, math.inf), None]
+    old_style = helper.make_node("Clip", ["x"], ["e"], min=0.0, max=6.0)
+    assert clamp_bounds(old_style, {}) == (0.0, 6.0)
+    assert clamp_bounds(helper.make_node("Sigmoid", ["x"], ["f"]), {}) is None

@@ -16,11 +16,14 @@ rounding step TensorRT would honour. So for every ``X -> Q(a) -> DQ(a) -> Clip|R
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from calibkit.onnx_model import clamp_bounds
 
 ACTIVATIONS = ("Clip", "Relu")
 
@@ -90,10 +93,7 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
     scale = float(numpy_helper.to_array(inits[q_b.input[1]]).reshape(-1)[0])
-    if act.op_type == "Relu":
-        lo, hi = 0.0, None
-    else:
-        lo, hi = (_constant(inits, name) for name in (list(act.input[1:3]) + ["", ""])[:2])
+    lo, hi = clamp_bounds(act, inits) or (-math.inf, math.inf)
     if lo == 0.0:
         # Unsigned storage with zero point 0 holds exactly TensorRT's non-negative INT8 grid, and
         # ONNX Runtime only fuses convolutions with unsigned activations on x86.
@@ -101,8 +101,8 @@ def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
         zero = inits[q_b.input[2]]
         zero.CopyFrom(numpy_helper.from_array(np.zeros(numpy_helper.to_array(zero).shape, np.uint8), zero.name))
     else:
-        dtype, low = np.int8, -128 if lo is None else int(np.clip(np.round(lo / scale), -128, 127))
-    high = 127 if hi is None else int(np.clip(np.round(hi / scale), low, 127))
+        dtype, low = np.int8, int(np.clip(np.round(lo / scale), -128, 127)) if math.isfinite(lo) else -128
+    high = int(np.clip(np.round(hi / scale), low, 127)) if math.isfinite(hi) else 127
     names = []
     for which, value in (("min", low), ("max", high)):
         name = f"{act.output[0]}_q{which}"
@@ -120,12 +120,6 @@ def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
     del act.output[:]
     act.output.append(quantized_out)
     del act.attribute[:]
-
-
-def _constant(inits, name: str) -> float | None:
-    if not name:
-        return None
-    return float(numpy_helper.to_array(inits[name]))
 
 
 def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -13,6 +13,8 @@ non-empty count cost O(1), so the whole search is O(candidates x 128) with no lo
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from calibkit.calib.registry import register_calibrator
@@ -24,10 +26,17 @@ START_BIN = 128
 
 
 def _xlogx(values: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(values, dtype=np.float64)
-    positive = values > 0
-    out[positive] = values[positive] * np.log(values[positive])
-    return out
+    """x log x with 0 log 0 = 0."""
+    return values * np.log(np.where(values > 0, values, 1.0))
+
+
+@lru_cache(maxsize=8)
+def _group_starts(n: int, start: int, levels: int) -> np.ndarray:
+    """First bin of each of the ``levels`` groups (plus the end) for every candidate bin count."""
+    candidates = np.arange(start, n + 1)
+    starts = (np.arange(levels + 1)[None, :] * candidates[:, None] + levels - 1) // levels
+    starts.flags.writeable = False
+    return starts
 
 
 def entropy_divergences(hist: np.ndarray, start: int = START_BIN, levels: int = QUANT_LEVELS) -> np.ndarray:
@@ -40,20 +49,23 @@ def entropy_divergences(hist: np.ndarray, start: int = START_BIN, levels: int = 
     nonzero_prefix = np.concatenate([[0], np.cumsum(counts > 0)])
     xlogx_prefix = np.concatenate([[0.0], np.cumsum(_xlogx(counts))])
 
-    group_starts = (np.arange(levels + 1)[None, :] * candidates[:, None] + levels - 1) // levels
-    group_sum = np.diff(prefix[group_starts], axis=1)
-    group_nonzero = np.diff(nonzero_prefix[group_starts], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_bin = np.where(group_nonzero > 0, group_sum / np.maximum(group_nonzero, 1), 0.0)
-        cross = np.where(group_sum > 0, group_sum * np.log(np.where(per_bin > 0, per_bin, 1.0)), 0.0).sum(axis=1)
+    starts = _group_starts(n, start, levels)
+    group_sum = np.diff(prefix[starts], axis=1)
+    group_nonzero = np.diff(nonzero_prefix[starts], axis=1)
+    # Q spreads a group's sum g evenly over its m non-empty bins, so sum over P of p log q is
+    # sum over groups of g log(g / m); m is a small integer, so its logarithm is a table lookup.
+    log_size = np.log(np.maximum(np.arange(group_nonzero.max() + 1), 1))
+    cross = (_xlogx(group_sum) - group_sum * log_size[group_nonzero]).sum(axis=1)
 
     outliers = total - prefix[candidates]
     last = counts[candidates - 1]
-    last_per_bin = per_bin[:, -1]
+    last_group_sum, last_group_nonzero = group_sum[:, -1], group_nonzero[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        last_per_bin = np.where(last_group_nonzero > 0, last_group_sum / np.maximum(last_group_nonzero, 1), 1.0)
     p_last = last + outliers
     p_log_p = xlogx_prefix[candidates - 1] + _xlogx(p_last)
     with np.errstate(divide="ignore"):
-        cross = cross + np.where(outliers > 0, outliers * np.log(np.where(last_per_bin > 0, last_per_bin, 1.0)), 0.0)
+        cross = cross + outliers * np.log(np.where(last_per_bin > 0, last_per_bin, 1.0))
         kl = (p_log_p - cross) / total + np.log(prefix[candidates]) - np.log(total)
     kl[(outliers > 0) & (last == 0)] = np.inf
     return kl

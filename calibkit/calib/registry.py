@@ -14,7 +14,9 @@ or expose the function under the ``calibkit.calibrators`` entry-point group of y
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable, Mapping
@@ -152,12 +154,14 @@ def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -
     * a tensor whose values are all zero: amax = 1.0 (any scale represents 0 exactly)
     * a constant tensor (one distinct |value|) or a calibrator result that is not a positive finite
       number: amax = the observed absolute maximum
-    One warning lists how many tensors fell back.
+    One warning lists how many tensors fell back. Tensors are calibrated on a thread per core (NumPy
+    releases the GIL in its loops), so a calibrator must be a pure function of its statistics.
     """
     ranges: dict[str, TensorRange] = {}
     fell_back: list[str] = []
-    for name, stats in tensors.items():
-        amax, reason = _amax_with_fallback(stats, calibrator)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda stats: _amax_with_fallback(stats, calibrator), tensors.values()))
+    for (name, stats), (amax, reason) in zip(tensors.items(), results):
         if reason:
             fell_back.append(f"{name} ({reason})")
         lo, hi = (stats.min, stats.max) if stats.count else (0.0, 0.0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from calibkit.errors import CalibkitError
 from calibkit.fileio import atomic_path
 from calibkit.onnx_model import file_sha256, float_activations, load_model
 from calibkit.progress import progress
+from calibkit.stats.clamps import derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 
 
@@ -72,14 +74,19 @@ def collect_statistics(
     ``tensors`` defaults to the graph input plus every float tensor a node produces, which covers all
     inputs and outputs a Q/DQ quantizer may ask a range for. With ``shard_size``, statistics are also
     kept per consecutive shard of about that many images (``shards``), for sufficiency analysis; the
-    totals are their exact merge. Memory grows by one histogram set per shard, not per image.
+    totals are their exact merge; memory grows by one histogram set per shard, not per image.
+    Outputs of Relu/Clip nodes are not run through histograms: their statistics follow from their
+    inputs' (see :mod:`calibkit.stats.clamps`).
     ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
     the histogram updates (which take one core) rather than before them.
     """
     model = load_model(Path(model_path))
     names = list(tensors) if tensors is not None else float_activations(model)
-    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=names, threads=threads)
-    shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in names}]
+    clamps = derivable_clamps(model, names)
+    derived = {clamp.output for clamp in clamps}
+    measured = [name for name in names if name not in derived]
+    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=measured, threads=threads)
+    shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in measured}]
     shard_images = [0]
     report = LoadReport()
     seen: list[ImageItem] = []
@@ -87,26 +94,29 @@ def collect_statistics(
 
     def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
         if shard_size and shard_images[-1] >= shard_size:
-            shards.append({name: TensorStats(name, bins) for name in names})
+            shards.append({name: TensorStats(name, bins) for name in measured})
             shard_images.append(0)
-        for name in names:
+        for name in measured:
             shards[-1][name].update(outputs[name])
         shard_images[-1] += len(batch_items)
         seen.extend(batch_items)
         bar.update(len(batch_items))
 
-    # Inference of batch k overlaps the histogram updates of batch k-1 (ONNX Runtime releases the GIL).
+    # Up to two batches are queued for inference while the histograms of the previous one are
+    # updated, so neither side waits on the other (ONNX Runtime releases the GIL).
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
-        previous = None
+        queued: deque[tuple[list[ImageItem], Future]] = deque()
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
-            running = inference.submit(session.run, batch.array, names)
-            if previous is not None:
-                fold(*previous)
-            previous = (batch.items, running.result())
-        if previous is not None:
-            fold(*previous)
+            queued.append((batch.items, inference.submit(session.run, batch.array, measured)))
+            if len(queued) > 2:
+                batch_items, outputs = queued.popleft()
+                fold(batch_items, outputs.result())
+        while queued:
+            batch_items, outputs = queued.popleft()
+            fold(batch_items, outputs.result())
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
+    shards = [with_clamps(shard, clamps, names) for shard in shards]
     stats = merge_shards(shards)
     provenance = {
         "model_sha256": file_sha256(Path(model_path)),
@@ -116,6 +126,7 @@ def collect_statistics(
         "skipped_images": len(report.skipped),
         "preprocess": preprocess.to_dict(),
         "histogram_bins": bins,
+        "tensors_from_clamped_inputs": len(clamps),
     }
     return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start,
                           shards if shard_size else [], shard_images if shard_size else [])

@@ -1,9 +1,11 @@
-"""Running min/max and a growing |x| histogram that never keeps samples.
+"""Running min/max and a growing signed histogram that never keeps samples.
 
-The histogram has a fixed number of bins over ``[0, upper)``, ``upper`` a power of two. When a batch
-exceeds ``upper``, the range doubles (as often as needed) and neighbouring bin pairs are summed: an
-exact re-binning, so no count moves to a wrong bin, and memory stays ``bins`` integers per tensor
-whatever the image count.
+The histogram has ``bins`` bins on each side of zero over ``[-upper, upper)``, ``upper`` a power of
+two. When a batch exceeds ``upper``, the range doubles (as often as needed) and neighbouring bin pairs
+are summed: an exact re-binning, so no count moves to a wrong bin, and memory stays ``2 * bins``
+integers per tensor whatever the image count. Calibrators read the |x| histogram (:attr:`hist`), the
+two sides folded together; the signs are kept so that the statistics of a clamp of this tensor
+(ReLU, Clip) follow without a second pass (:meth:`clamped`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ _CHUNK = 1 << 16
 
 @dataclass
 class TensorStats:
-    """Statistics of one tensor over every value seen so far."""
+    """Statistics of one tensor over every value seen so far.
+
+    ``zeros`` counts values known to be exactly zero (all-zero batches, negatives clamped by a ReLU);
+    they are part of the first |x| bin, which also holds every other value below its width.
+    """
 
     name: str
     bins: int = DEFAULT_BINS
@@ -28,19 +34,31 @@ class TensorStats:
     min: float = math.inf
     max: float = -math.inf
     upper: float = 0.0
-    hist: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    signed: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    zeros: int = 0
     _zeros_pending: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if self.bins < 2 or self.bins & (self.bins - 1):
             raise ValueError(f"bins must be a power of two >= 2, got {self.bins}")
-        if self.hist is None:
-            self.hist = np.zeros(self.bins, dtype=np.int64)
+        if self.signed is None:
+            self.signed = np.zeros(2 * self.bins, dtype=np.int64)
 
     @property
     def absmax(self) -> float:
         """Largest |x| seen; 0.0 before any value."""
         return max(-self.min, self.max, 0.0) if self.count else 0.0
+
+    @property
+    def hist(self) -> np.ndarray:
+        """The |x| histogram: ``bins`` counts over ``[0, upper)`` (both signs folded together).
+
+        Bin ``k`` of the signed histogram's negative side holds ``x`` in ``[-(k+1)w, -kw)``, so a
+        negative value lying exactly on a bin edge is counted one bin below its positive twin.
+        """
+        folded = self.signed[self.bins :] + self.signed[self.bins - 1 :: -1]
+        folded[0] += self._zeros_pending
+        return folded
 
     @property
     def edges(self) -> np.ndarray:
@@ -50,37 +68,44 @@ class TensorStats:
     def update(self, values: np.ndarray) -> None:
         """Fold a batch of values (any shape) into the statistics.
 
-        Works chunk by chunk so min, max, |x| and the bin indices are computed while the chunk is in
-        cache; non-finite values are counted in :attr:`nonfinite` and left out.
+        Min and max take one pass over the batch; the binning goes chunk by chunk so the scaled
+        values and their bin indices stay in cache. Non-finite values are counted in
+        :attr:`nonfinite` and left out.
         """
         flat = np.asarray(values, dtype=np.float32).reshape(-1)
+        if flat.size == 0:
+            return
+        lo, hi = float(flat.min()), float(flat.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = flat[np.isfinite(flat)]
+            self.nonfinite += flat.size - finite.size
+            if finite.size == 0:
+                return
+            flat, lo, hi = finite, float(finite.min()), float(finite.max())
+        self.count += flat.size
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        amax = max(-lo, hi)
+        if amax == 0.0 and self.upper == 0.0:
+            self._zeros_pending += flat.size
+            self.zeros += flat.size
+            return
+        self._grow_to(amax)
+        scale, offset = np.float32(self.bins / self.upper), np.float32(self.bins)
         buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
         idx = np.empty(buf.size, dtype=np.intp)
+        width = self.signed.size
         for start in range(0, flat.size, _CHUNK):
             chunk = flat[start : start + _CHUNK]
-            lo, hi = float(chunk.min()), float(chunk.max())
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                finite = chunk[np.isfinite(chunk)]
-                self.nonfinite += chunk.size - finite.size
-                if finite.size == 0:
-                    continue
-                chunk, lo, hi = finite, float(finite.min()), float(finite.max())
-            self.count += chunk.size
-            self.min, self.max = min(self.min, lo), max(self.max, hi)
-            amax = max(-lo, hi)
-            if amax == 0.0 and self.upper == 0.0:
-                self._zeros_pending += chunk.size
-                continue
-            self._grow_to(amax)
             n = chunk.size
-            np.multiply(chunk, np.float32(self.bins / self.upper), out=buf[:n])
-            np.abs(buf[:n], out=buf[:n])
+            # x * bins / upper + bins lies in (0, 2 * bins): the cast truncates, i.e. floors.
+            np.multiply(chunk, scale, out=buf[:n])
+            np.add(buf[:n], offset, out=buf[:n])
             idx[:n] = buf[:n]
-            counts = np.bincount(idx[:n], minlength=self.bins)
-            if counts.size > self.bins:
-                # |x| < upper, but float32 rounding of |x| * bins / upper can reach ``bins`` itself.
-                counts[self.bins - 1] += counts[self.bins :].sum()
-            self.hist += counts[: self.bins]
+            counts = np.bincount(idx[:n], minlength=width)
+            if counts.size > width:
+                # x < upper, but float32 rounding of the scaled value can reach 2 * bins itself.
+                counts[width - 1] += counts[width:].sum()
+            self.signed += counts[:width]
 
     def _grow_to(self, amax: float) -> None:
         """Make ``upper`` the smallest power of two above ``amax``, merging bin pairs as it doubles.
@@ -90,68 +115,112 @@ class TensorStats:
         """
         if self.upper == 0.0:
             self.upper = math.ldexp(1.0, math.frexp(amax)[1])
-            self.hist[0] += self._zeros_pending
+            self.signed[self.bins] += self._zeros_pending
             self._zeros_pending = 0
             return
         while amax >= self.upper:
             self._double()
 
     def _double(self) -> None:
-        half = self.hist.reshape(-1, 2).sum(axis=1)
-        self.hist[: half.size] = half
-        self.hist[half.size :] = 0
+        quarter = self.bins // 2
+        pairs = self.signed.reshape(-1, 2).sum(axis=1)
+        self.signed[:] = 0
+        self.signed[quarter : quarter + pairs.size] = pairs
         self.upper *= 2.0
+
+    def _bin_of(self, value: float) -> int:
+        """Index in :attr:`signed` of the bin holding ``value`` (clamped to the histogram)."""
+        return min(max(int(math.floor(value * self.bins / self.upper)) + self.bins, 0), self.signed.size - 1)
 
     def merge(self, other: "TensorStats") -> "TensorStats":
         """New statistics of both inputs together (same tensor, same bin count): exact on the dyadic grid."""
         if other.bins != self.bins:
             raise ValueError("cannot merge histograms with different bin counts")
         merged = TensorStats(self.name, self.bins, self.count + other.count, self.nonfinite + other.nonfinite,
-                             min(self.min, other.min), max(self.max, other.max), self.upper, self.hist.copy())
+                             min(self.min, other.min), max(self.max, other.max), self.upper, self.signed.copy(),
+                             self.zeros + other.zeros)
         merged._zeros_pending = self._zeros_pending
         if other.upper == 0.0:
             if merged.upper == 0.0:
                 merged._zeros_pending += other._zeros_pending
             else:
-                merged.hist[0] += other._zeros_pending
+                merged.signed[merged.bins] += other._zeros_pending
             return merged
-        aligned = TensorStats(other.name, other.bins, upper=other.upper, hist=other.hist.copy())
+        aligned = TensorStats(other.name, other.bins, upper=other.upper, signed=other.signed.copy())
         if merged.upper == 0.0:
             merged.upper = other.upper
-            merged.hist[0] += merged._zeros_pending
+            merged.signed[merged.bins] += merged._zeros_pending
             merged._zeros_pending = 0
         while aligned.upper < merged.upper:
             aligned._double()
         while merged.upper < aligned.upper:
             merged._double()
-        merged.hist += aligned.hist
+        merged.signed += aligned.signed
         return merged
 
-    def resampled(self, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-        """The histogram re-binned to ``bins`` equal bins over ``[0, absmax]`` (TensorRT's layout).
+    def clamped(self, name: str, low: float = -math.inf, high: float = math.inf) -> "TensorStats":
+        """Statistics of ``clip(x, low, high)`` (ReLU: ``low = 0``), computed from these alone.
 
-        Counts are spread by linear interpolation of the cumulative distribution, so totals are kept.
-        Returns ``(counts, edges)`` as float64.
+        Every value below ``low`` becomes ``low``, which lies in the bin of ``low``: so the counts of
+        all lower bins move into that bin, and likewise above ``high``. The result is the histogram a
+        separate pass would build on this tensor's grid, min and max exact; only its ``upper`` may be
+        larger than the clamped values need. Values clamped to a bound of 0 are counted in
+        :attr:`zeros`. Non-finite values stay counted as non-finite.
+        """
+        out = TensorStats(name, self.bins, self.count, self.nonfinite, upper=self.upper, signed=self.signed.copy(),
+                          zeros=self.zeros if low <= 0.0 <= high else 0)
+        if self.count:
+            out.min, out.max = (min(max(v, low), high) for v in (self.min, self.max))
+        if self.upper == 0.0:
+            constant = min(max(0.0, low), high)
+            if constant == 0.0:
+                out._zeros_pending = self._zeros_pending
+            else:
+                out._grow_to(abs(constant))
+                out.signed[out._bin_of(constant)] += self._zeros_pending
+            return out
+        for bound, below in ((low, True), (high, False)):
+            if not math.isfinite(bound):
+                continue
+            k = self._bin_of(bound)
+            part = slice(None, k) if below else slice(k + 1, None)
+            moved = int(out.signed[part].sum())
+            out.signed[k] += moved
+            out.signed[part] = 0
+            if bound == 0.0:
+                out.zeros += moved
+        return out
+
+    def resampled(self, bins: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """The |x| histogram re-binned to ``bins`` equal bins over ``[0, absmax]`` (TensorRT's layout).
+
+        Counts are spread by linear interpolation of the cumulative distribution, so totals are kept;
+        the exact zeros in :attr:`zeros` stay in the first bin instead of being spread over the width of
+        the bin that holds them. Returns ``(counts, edges)`` as float64.
         """
         amax = self.absmax
         edges = np.linspace(0.0, amax, bins + 1)
-        total = float(self.hist.sum())
-        cumulative = np.concatenate([[0.0], np.cumsum(self.hist, dtype=np.float64)])
+        hist = self.hist
+        hist[0] -= self.zeros
+        total = float(hist.sum())
+        cumulative = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
         at_edges = np.interp(edges, self.edges, cumulative)
         at_edges[-1] = total
-        return np.diff(at_edges), edges
+        counts = np.diff(at_edges)
+        counts[0] += self.zeros
+        return counts, edges
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Flat arrays for ``np.savez`` (see :meth:`from_arrays`)."""
-        scalars = np.array([self.count, self.nonfinite, self._zeros_pending], dtype=np.int64)
+        scalars = np.array([self.count, self.nonfinite, self.zeros, self._zeros_pending], dtype=np.int64)
         bounds = np.array([self.min, self.max, self.upper], dtype=np.float64)
-        return {f"{prefix}/counts": scalars, f"{prefix}/bounds": bounds, f"{prefix}/hist": self.hist}
+        return {f"{prefix}/counts": scalars, f"{prefix}/bounds": bounds, f"{prefix}/signed": self.signed}
 
     @classmethod
     def from_arrays(cls, name: str, arrays: dict[str, np.ndarray], prefix: str) -> "TensorStats":
-        count, nonfinite, zeros = (int(v) for v in arrays[f"{prefix}/counts"])
+        count, nonfinite, zeros, pending = (int(v) for v in arrays[f"{prefix}/counts"])
         lo, hi, upper = (float(v) for v in arrays[f"{prefix}/bounds"])
-        hist = np.array(arrays[f"{prefix}/hist"], dtype=np.int64)
-        stats = cls(name, hist.size, count, nonfinite, lo, hi, upper, hist)
-        stats._zeros_pending = zeros
+        signed = np.array(arrays[f"{prefix}/signed"], dtype=np.int64)
+        stats = cls(name, signed.size // 2, count, nonfinite, lo, hi, upper, signed, zeros)
+        stats._zeros_pending = pending
         return stats

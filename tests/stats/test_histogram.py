@@ -101,3 +101,59 @@ def test_values_just_below_upper_stay_in_the_last_bin():
     stats = TensorStats("t", bins=8)
     stats.update(np.array([np.nextafter(np.float32(4.0), np.float32(0)), 1.0], np.float32))
     assert stats.upper == 4.0 and stats.hist.shape == (8,) and stats.hist[-1] == 1 and stats.hist.sum() == 2
+
+
+def _signed_reference(values: np.ndarray, stats: TensorStats) -> np.ndarray:
+    """The signed histogram ``update`` would build for ``values`` on ``stats``' grid, in the same float32 steps."""
+    scaled = values.astype(np.float32) * np.float32(stats.bins / stats.upper) + np.float32(stats.bins)
+    return np.bincount(scaled.astype(np.intp), minlength=2 * stats.bins)[: 2 * stats.bins]
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 6.0), (0.0, np.inf), (-1.0, 2.0), (-np.inf, 0.5)])
+def test_clamped_is_the_histogram_of_the_clipped_values(low, high):
+    x = (np.random.default_rng(2).standard_normal(40_000) * 4).astype(np.float32)
+    stats = TensorStats("x", bins=512)
+    stats.update(x[:15_000])
+    stats.update(x[15_000:])
+    y = np.clip(x, np.float32(low), np.float32(high))
+    clamped = stats.clamped("y", low, high)
+    np.testing.assert_array_equal(clamped.signed, _signed_reference(y, stats))
+    assert (clamped.min, clamped.max, clamped.count) == (float(y.min()), float(y.max()), y.size)
+    assert clamped.zeros == (int((x < 0).sum()) if low == 0.0 else 0)
+
+
+def test_clamped_statistics_merge_like_their_sources():
+    rng = np.random.default_rng(4)
+    parts = [(rng.standard_normal(3000) * s).astype(np.float32) for s in (1.0, 9.0)]
+    pieces = []
+    for part in parts:
+        piece = TensorStats("x", bins=128)
+        piece.update(part)
+        pieces.append(piece)
+    merged_then_clamped = pieces[0].merge(pieces[1]).clamped("y", 0.0, 6.0)
+    clamped_then_merged = pieces[0].clamped("y", 0.0, 6.0).merge(pieces[1].clamped("y", 0.0, 6.0))
+    np.testing.assert_array_equal(merged_then_clamped.signed, clamped_then_merged.signed)
+    assert merged_then_clamped.zeros == clamped_then_merged.zeros == sum(int((p < 0).sum()) for p in parts)
+
+
+def test_clamp_of_an_all_zero_tensor():
+    zeros = TensorStats("x", bins=16)
+    zeros.update(np.zeros(6, np.float32))
+    assert zeros.clamped("relu", 0.0).hist[0] == 6
+    shifted = zeros.clamped("clip", 1.0, 2.0)
+    assert (shifted.min, shifted.max, shifted.zeros, shifted.absmax) == (1.0, 1.0, 0, 1.0)
+    assert shifted.hist.sum() == 6 and shifted.upper == 2.0
+
+
+def test_resampling_keeps_clamped_zeros_in_the_first_bin():
+    # A coarse grid (upper 64) under a ReLU6: half the values are exact zeros, and they must not
+    # leak into the second of the 2048 bins over [0, 6] the way a uniform spread over [0, w) would.
+    x = (np.random.default_rng(6).standard_normal(100_000) * 2).astype(np.float32)
+    x[0] = 40.0
+    stats = TensorStats("x", bins=1024)
+    stats.update(x)
+    relu6 = stats.clamped("y", 0.0, 6.0)
+    counts, edges = relu6.resampled(2048)
+    assert counts[0] >= relu6.zeros == int((x < 0).sum())
+    density = counts[5:50].mean()
+    assert counts[1] < 3 * density
