@@ -1,6 +1,6 @@
 """calibkit vs ONNX Runtime's calibrators on the demo model: wall time, peak RSS, amax agreement.
 
-Run on demand (minutes): ``python benchmarks/bench_calibration.py [--sizes 100,500,1000]``.
+Run on demand (minutes): ``python benchmarks/bench_calibration.py [--sizes 100,500,1000] [--repeats 3]``.
 Each measurement runs in its own process; a watchdog stops ONNX Runtime once its resident memory
 passes ``--memory-limit-gb`` or its time passes ``--time-limit``, and the table says so.
 Pairs compared: entropy2 ~ ORT Entropy, percentile 99.99 ~ ORT Percentile 99.99, minmax ~ ORT MinMax
@@ -110,6 +110,20 @@ def supervise(target, args, memory_gb: float, time_limit: float) -> dict:
     return {"status": "ok", **result}
 
 
+def measure(target, args, memory_gb: float, time_limit: float, repeats: int) -> dict:
+    """Median wall time of ``repeats`` supervised runs (stopping at the first that fails), with its spread."""
+    runs = []
+    for _ in range(repeats):
+        result = supervise(target, args, memory_gb, time_limit)
+        if result["status"] != "ok":
+            return result
+        runs.append(result)
+    seconds = sorted(run["seconds"] for run in runs)
+    best = runs[[run["seconds"] for run in runs].index(seconds[len(seconds) // 2])]
+    spread = f"{seconds[0]:.2f}-{seconds[-1]:.2f}" if repeats > 1 else ""
+    return {**best, "spread": spread, "rss_gb": max(run["rss_gb"] for run in runs)}
+
+
 def max_rel_diff(ours: dict, theirs: dict) -> float | None:
     common = [k for k in ours if k in theirs and theirs[k] > 0]
     if not common:
@@ -127,25 +141,30 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-limit-gb", type=float, default=20.0)
     parser.add_argument("--time-limit", type=float, default=900.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median is reported")
     args = parser.parse_args(argv)
     os.environ["CALIBKIT_QUIET"] = "1"
     model = str(demo_model())
+    limits = (args.memory_limit_gb, args.time_limit, max(1, args.repeats))
+    columns = ["N", "tool", "status", "seconds", "spread", "peak_rss_gb", "vs_calibkit", "max_rel_amax_diff"]
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        ours = supervise(run_calibkit, (model, str(args.images), n), args.memory_limit_gb, args.time_limit)
+        ours = measure(run_calibkit, (model, str(args.images), n), *limits)
         rows.append({"N": n, "tool": "calibkit (all 3 methods, one pass)", "status": ours["status"],
-                     "seconds": ours.get("seconds"), "peak_rss_gb": ours.get("rss_gb"), "max_rel_amax_diff": None})
-        print(format_table(rows[-1:], list(rows[-1])), flush=True)
+                     "seconds": ours.get("seconds"), "spread": ours.get("spread", ""), "peak_rss_gb": ours.get("rss_gb"),
+                     "vs_calibkit": None, "max_rel_amax_diff": None})
+        print(format_table(rows[-1:], columns), flush=True)
         for method, label in PAIRS.items():
-            theirs = supervise(run_onnxruntime, (model, str(args.images), n, method), args.memory_limit_gb,
-                               args.time_limit)
-            diff = max_rel_diff(ours["amax"][label], theirs["amax"]) if theirs["status"] == "ok" else None
+            theirs = measure(run_onnxruntime, (model, str(args.images), n, method), *limits)
+            ok = theirs["status"] == "ok" and ours["status"] == "ok"
             rows.append({"N": n, "tool": f"onnxruntime {method} (vs {label})", "status": theirs["status"],
-                         "seconds": theirs.get("seconds"), "peak_rss_gb": theirs.get("rss_gb"),
-                         "max_rel_amax_diff": diff})
-            print(format_table(rows[-1:], list(rows[-1])), flush=True)
+                         "seconds": theirs.get("seconds"), "spread": theirs.get("spread", ""),
+                         "peak_rss_gb": theirs.get("rss_gb"),
+                         "vs_calibkit": f"{theirs['seconds'] / ours['seconds']:.1f}x" if ok else None,
+                         "max_rel_amax_diff": max_rel_diff(ours["amax"][label], theirs["amax"]) if ok else None})
+            print(format_table(rows[-1:], columns), flush=True)
     print()
-    print(format_table(rows, ["N", "tool", "status", "seconds", "peak_rss_gb", "max_rel_amax_diff"]))
+    print(format_table(rows, columns))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

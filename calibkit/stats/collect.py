@@ -23,6 +23,9 @@ from calibkit.progress import progress
 from calibkit.stats.clamps import derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 
+# Version of the stats.npz layout; 2: signed histograms and exact-zero counts.
+STATS_FORMAT = 2
+
 
 @dataclass
 class CollectedStats:
@@ -40,7 +43,8 @@ class CollectedStats:
         arrays: dict[str, np.ndarray] = {}
         for index, stats in enumerate(self.tensors.values()):
             arrays.update(stats.to_arrays(f"t{index}"))
-        meta = {"names": list(self.tensors), "provenance": self.provenance, "images": self.images}
+        meta = {"format": STATS_FORMAT, "names": list(self.tensors), "provenance": self.provenance,
+                "images": self.images}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         with atomic_path(Path(path)) as tmp:
             with open(tmp, "wb") as fh:
@@ -52,6 +56,11 @@ class CollectedStats:
         with np.load(path) as data:
             arrays = dict(data)
         meta = json.loads(arrays["meta"].tobytes())
+        if meta.get("format") != STATS_FORMAT:
+            raise CalibkitError(
+                f"{path}: statistics written by an older calibkit (|x| histograms only); "
+                "run calibkit calibrate again to collect signed ones"
+            )
         tensors = {
             name: TensorStats.from_arrays(name, arrays, f"t{index}") for index, name in enumerate(meta["names"])
         }

@@ -23,8 +23,9 @@ _CHUNK = 1 << 16
 class TensorStats:
     """Statistics of one tensor over every value seen so far.
 
-    ``zeros`` counts values known to be exactly zero (all-zero batches, negatives clamped by a ReLU);
-    they are part of the first |x| bin, which also holds every other value below its width.
+    ``zeros`` counts values known to be exactly zero: those of all-zero batches seen before any other
+    value, and the negatives a ReLU clamps to zero. They are part of the first |x| bin, which also
+    holds every other value below its width.
     """
 
     name: str

@@ -1,8 +1,12 @@
+import json
+
 import numpy as np
+import pytest
 
 from calibkit.data.images import discover_images
 from calibkit.data.preprocess import Preprocess, decode_image
 from calibkit.backends.onnxruntime import OrtSession
+from calibkit.errors import CalibkitError
 from calibkit.stats.collect import CollectedStats, collect_statistics
 
 
@@ -25,3 +29,16 @@ def test_one_pass_matches_direct_activations_and_round_trips(small_model, image_
     np.testing.assert_array_equal(loaded.tensors["c2"].hist, stats.tensors["c2"].hist)
     assert loaded.tensors["c2"].upper == stats.tensors["c2"].upper
     assert loaded.provenance == stats.provenance
+
+
+def test_statistics_of_an_older_layout_are_refused_with_a_fix(small_model, image_folder, tmp_path):
+    stats = collect_statistics(small_model, discover_images(image_folder), Preprocess(size=(32, 32)), bins=64)
+    path = stats.save(tmp_path / "stats.npz")
+    with np.load(path) as data:
+        arrays = dict(data)
+    meta = json.loads(arrays["meta"].tobytes())
+    del meta["format"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(CalibkitError, match="calibrate again"):
+        CollectedStats.load(tmp_path / "old.npz")
