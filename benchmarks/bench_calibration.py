@@ -10,6 +10,8 @@ Pairs compared: entropy2 ~ ORT Entropy, percentile 99.99 ~ ORT Percentile 99.99,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing as mp
 import os
@@ -77,8 +79,9 @@ def run_onnxruntime(model: str, images: str, n: int, method: str, out) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calibrator = create_calibrator(Path(model), None, str(Path(tmp) / "aug.onnx"),
                                        getattr(CalibrationMethod, method), extra_options=options)
-        calibrator.collect_data(Reader())
-        table = calibrator.compute_data()
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its progress; keep the table readable
+            calibrator.collect_data(Reader())
+            table = calibrator.compute_data()
     amax = {name: float(max(abs(np.asarray(d.range_value[0]).item()), abs(np.asarray(d.range_value[1]).item())))
             for name, d in table.data.items()}
     out.put({"seconds": time.perf_counter() - start,

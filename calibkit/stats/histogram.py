@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:
+    from calibkit.stats import _binning
+except ImportError:  # built without a C compiler: the NumPy path below gives the same counts
+    _binning = None
+
 DEFAULT_BINS = 8192
 _CHUNK = 1 << 16
 
@@ -69,9 +74,10 @@ class TensorStats:
     def update(self, values: np.ndarray) -> None:
         """Fold a batch of values (any shape) into the statistics.
 
-        Min and max take one pass over the batch; the binning goes chunk by chunk so the scaled
-        values and their bin indices stay in cache. Non-finite values are counted in
-        :attr:`nonfinite` and left out.
+        Min and max take one pass over the batch. The binning runs in the C kernel
+        (``_binning.c``, without the GIL) where it was built, else in NumPy chunk by chunk so the
+        scaled values and their bin indices stay in cache; both count identically. Non-finite values
+        are counted in :attr:`nonfinite` and left out.
         """
         flat = np.asarray(values, dtype=np.float32).reshape(-1)
         if flat.size == 0:
@@ -92,6 +98,9 @@ class TensorStats:
             return
         self._grow_to(amax)
         scale, offset = np.float32(self.bins / self.upper), np.float32(self.bins)
+        if _binning is not None:
+            _binning.bin_signed(np.ascontiguousarray(flat), scale, offset, self.signed)
+            return
         buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
         idx = np.empty(buf.size, dtype=np.intp)
         width = self.signed.size

@@ -157,3 +157,23 @@ def test_resampling_keeps_clamped_zeros_in_the_first_bin():
     assert counts[0] >= relu6.zeros == int((x < 0).sum())
     density = counts[5:50].mean()
     assert counts[1] < 3 * density
+
+
+def test_c_kernel_and_numpy_path_count_identically(monkeypatch):
+    import calibkit.stats.histogram as histogram
+
+    if histogram._binning is None:
+        pytest.skip("the C binning kernel was not built (no compiler); only the NumPy path is in use")
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_normal(300_000).astype(np.float32) * s for s in (0.2, 3.0, 1.0)]
+    edges = np.float32(4.0) * np.arange(-64, 65, dtype=np.float32) / 64  # values on bin edges
+    batches += [edges, np.array([0.0, -0.0, np.nextafter(np.float32(-4), np.float32(0))], np.float32)]
+    results = []
+    for kernel in (histogram._binning, None):
+        monkeypatch.setattr(histogram, "_binning", kernel)
+        stats = TensorStats("t", bins=1024)
+        for batch in batches:
+            stats.update(batch)
+        results.append(stats)
+    np.testing.assert_array_equal(results[0].signed, results[1].signed)
+    assert results[0].signed.sum() == sum(b.size for b in batches)
