@@ -73,14 +73,23 @@ def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInpu
 
 
 def float_activations(model: onnx.ModelProto) -> list[str]:
-    """Names of the graph input and every float tensor produced by a node, in topological order."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    types.update({vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output})
+    """Names of the graph input and every float tensor produced by a node, in topological order.
+
+    Types come from the model's own value_info where it covers every node output (as after ONNX
+    Runtime's quantization pre-processing), else from ONNX shape inference.
+    """
+    types = _tensor_types(model)
+    if any(out and out not in types for node in model.graph.node for out in node.output):
+        types = _tensor_types(onnx.shape_inference.infer_shapes(model))
     names = [inp.name for inp in _graph_inputs(model)]
     for node in model.graph.node:
         names.extend(out for out in node.output if out and types.get(out) in _FLOAT_TYPES)
     return list(dict.fromkeys(names))
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    infos = list(model.graph.value_info) + list(model.graph.output)
+    return {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.tensor_type.elem_type}
 
 
 def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -78,3 +78,13 @@ def test_clamp_bounds_of_relu_and_of_clip_in_every_form():
     old_style = helper.make_node("Clip", ["x"], ["e"], min=0.0, max=6.0)
     assert clamp_bounds(old_style, {}) == (0.0, 6.0)
     assert clamp_bounds(helper.make_node("Sigmoid", ["x"], ["f"]), {}) is None
+
+
+def test_float_activations_trust_a_complete_value_info(small_model):
+    model = load_model(small_model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in inferred.graph.value_info:
+        if info.name == "c3":
+            info.type.tensor_type.elem_type = TensorProto.INT64
+    # With every node output typed, no inference runs, so the declared type decides.
+    assert "c3" in float_activations(model) and "c3" not in float_activations(inferred)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from calibkit.errors import CalibkitError
@@ -13,7 +14,10 @@ from calibkit.onnx_model import load_model, with_outputs
 
 
 class OrtSession:
-    """An ``onnxruntime.InferenceSession`` that can also return intermediate tensors by name."""
+    """An ``onnxruntime.InferenceSession`` that can also return intermediate tensors by name.
+
+    ``model`` is ``model_path`` already loaded, when the caller has it, so it is not read twice.
+    """
 
     def __init__(
         self,
@@ -22,6 +26,7 @@ class OrtSession:
         expose: Sequence[str] = (),
         threads: int = 0,
         backend: str = "ort-cpu",
+        model: onnx.ModelProto | None = None,
     ) -> None:
         self.backend = backend
         self.model_path = Path(model_path)
@@ -30,7 +35,7 @@ class OrtSession:
         options.log_severity_level = 3
         model_outputs: list[str] | None = None
         if expose:
-            original = load_model(self.model_path)
+            original = model if model is not None else load_model(self.model_path)
             model_outputs = [out.name for out in original.graph.output]
             source: bytes | str = with_outputs(original, list(expose)).SerializeToString()
         else:

@@ -27,7 +27,10 @@ START_BIN = 128
 
 def _xlogx(values: np.ndarray) -> np.ndarray:
     """x log x with 0 log 0 = 0."""
-    return values * np.log(np.where(values > 0, values, 1.0))
+    out = np.zeros_like(values, dtype=np.float64)
+    np.log(values, out=out, where=values > 0)
+    out *= values
+    return out
 
 
 @lru_cache(maxsize=8)

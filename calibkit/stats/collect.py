@@ -96,7 +96,7 @@ def collect_statistics(
     clamps = derivable_clamps(model, names)
     derived = {clamp.output for clamp in clamps}
     measured = [name for name in names if name not in derived]
-    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=measured, threads=threads)
+    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=measured, threads=threads, model=model)
     shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in measured}]
     shard_images = [0]
     report = LoadReport()
