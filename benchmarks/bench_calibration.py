@@ -154,8 +154,8 @@ def main(argv=None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         ours = measure(run_calibkit, (model, str(args.images), n), *limits)
         rows.append({"N": n, "tool": "calibkit (all 3 methods, one pass)", "status": ours["status"],
-                     "seconds": ours.get("seconds"), "spread": ours.get("spread", ""), "peak_rss_gb": ours.get("rss_gb"),
-                     "vs_calibkit": None, "max_rel_amax_diff": None})
+                     "seconds": ours.get("seconds"), "spread": ours.get("spread", ""),
+                     "peak_rss_gb": ours.get("rss_gb"), "vs_calibkit": None, "max_rel_amax_diff": None})
         print(format_table(rows[-1:], columns), flush=True)
         for method, label in PAIRS.items():
             theirs = measure(run_onnxruntime, (model, str(args.images), n, method), *limits)

@@ -43,7 +43,9 @@ def derivable_clamps(model: onnx.ModelProto, names: Sequence[str]) -> list[Clamp
     return clamps
 
 
-def with_clamps(measured: Mapping[str, TensorStats], clamps: Sequence[Clamp], order: Sequence[str]) -> dict[str, TensorStats]:
+def with_clamps(
+    measured: Mapping[str, TensorStats], clamps: Sequence[Clamp], order: Sequence[str]
+) -> dict[str, TensorStats]:
     """``measured`` plus the statistics of every clamp output, keyed in ``order``."""
     stats = dict(measured)
     for clamp in clamps:
