@@ -122,9 +122,9 @@ def measure(target, args, memory_gb: float, time_limit: float, repeats: int) -> 
             return result
         runs.append(result)
     seconds = sorted(run["seconds"] for run in runs)
-    best = runs[[run["seconds"] for run in runs].index(seconds[len(seconds) // 2])]
+    median_run = runs[[run["seconds"] for run in runs].index(seconds[len(seconds) // 2])]
     spread = f"{seconds[0]:.2f}-{seconds[-1]:.2f}" if repeats > 1 else ""
-    return {**best, "spread": spread, "rss_gb": max(run["rss_gb"] for run in runs)}
+    return {**median_run, "spread": spread, "rss_gb": max(run["rss_gb"] for run in runs)}
 
 
 def max_rel_diff(ours: dict, theirs: dict) -> float | None:
