@@ -13,6 +13,12 @@ from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.errors import CalibkitError
 
+INFERENCE_BATCH_SIZE = 4
+BATCH_HELP = (
+    "images per ONNX Runtime call (default: 1 in the statistics pass, where one image's activations stay "
+    f"in cache for the histograms; {INFERENCE_BATCH_SIZE} for evaluation and comparison)"
+)
+
 
 def _floats3(text: str) -> tuple[float, float, float]:
     values = tuple(float(v) for v in text.split(","))
@@ -44,7 +50,7 @@ def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group.add_argument("--std", type=_floats3, help="R,G,B std on the 0-255 scale (overrides the preset)")
     group.add_argument("--crop", type=float, help="centre-crop fraction of the short side (default 224/256)")
     group.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
-    group.add_argument("--batch-size", type=int, default=4)
+    group.add_argument("--batch-size", type=int, help=BATCH_HELP)
     group.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a counted warning")
 
 
@@ -71,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = _preprocess(args)
     items = discover_images(args.images, args.labels)
     session = load(args.model, "fp32", args.backend)
-    preds = predict(session, items, spec, args.batch_size, args.skip_bad, desc="eval")
+    preds = predict(session, items, spec, args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, desc="eval")
     summary = {
         "model": str(args.model),
         "images": len(preds.items),
@@ -171,9 +177,9 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     items = discover_images(args.images, args.labels)
     report = args.report or (args.out / "report.html")
     result = compare_and_report(
-        args.model, items, _preprocess(args), candidates, report, args.batch_size, args.skip_bad,
-        [] if args.no_bench else args.bench_batch_sizes, run, note, args.accuracy_budget, args.sensitivity_images,
-        args.budget_metric,
+        args.model, items, _preprocess(args), candidates, report, args.batch_size or INFERENCE_BATCH_SIZE,
+        args.skip_bad, [] if args.no_bench else args.bench_batch_sizes, run, note, args.accuracy_budget,
+        args.sensitivity_images, args.budget_metric,
     )
     _summarise(result, report)
     return _gate(result, args.fail_on_top1_drop)
@@ -318,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--sampler", default="random")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, help=BATCH_HELP)
     _add_compare_options(p, out_default=None, with_out=False)
     p.set_defaults(func=cmd_demo, accuracy_budget=0.5)
     return parser

@@ -29,7 +29,7 @@ from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
-from calibkit.stats.collect import CollectedStats, collect_statistics
+from calibkit.stats.collect import STATS_BATCH_SIZE, CollectedStats, collect_statistics
 
 
 @dataclass
@@ -108,7 +108,7 @@ def calibrate(
     sampler: str = "random",
     seed: int = 0,
     preprocess: Preprocess | str = "imagenet-tf",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     skip_bad: bool = False,
     labels: Path | None = None,
     trt_version: int = DEFAULT_TRT_VERSION,
@@ -120,6 +120,7 @@ def calibrate(
 
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
+    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZE``).
     """
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
@@ -135,7 +136,8 @@ def calibrate(
         start = time.perf_counter()
         coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
         timings["coverage_s"] = time.perf_counter() - start
-    stats = collect_statistics(model, chosen, spec, batch_size=batch_size, skip_bad=skip_bad, shard_size=shard_size)
+    stats = collect_statistics(model, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
+                               shard_size=shard_size)
     stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool)})
     timings["statistics_s"] = stats.seconds
     stats.save(out / "stats.npz")

@@ -23,7 +23,8 @@ from calibkit.progress import progress
 from calibkit.stats.clamps import derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 
-_CONCURRENT_RUNS = 2
+# Images per inference in the statistics pass: single images measured fastest (see below).
+STATS_BATCH_SIZE = 1
 
 # Version of the stats.npz layout; 2: signed histograms and exact-zero counts.
 STATS_FORMAT = 2
@@ -73,7 +74,7 @@ def collect_statistics(
     model_path: Path,
     items: Sequence[ImageItem],
     preprocess: Preprocess,
-    batch_size: int = 4,
+    batch_size: int = STATS_BATCH_SIZE,
     bins: int = DEFAULT_BINS,
     tensors: Sequence[str] | None = None,
     skip_bad: bool = False,
@@ -88,8 +89,8 @@ def collect_statistics(
     totals are their exact merge; memory grows by one histogram set per shard, not per image.
     Outputs of Relu/Clip nodes are not run through histograms: their statistics follow from their
     inputs' (see :mod:`calibkit.stats.clamps`).
-    ``threads`` is ONNX Runtime's intra-op thread count: one by default, because two batches are
-    inferred at a time beside the histogram updates rather than one batch on every core.
+    ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
+    the histogram updates rather than on every core.
     """
     model = load_model(Path(model_path))
     names = list(tensors) if tensors is not None else float_activations(model)
@@ -113,13 +114,14 @@ def collect_statistics(
         seen.extend(batch_items)
         bar.update(len(batch_items))
 
-    # Batches are inferred _CONCURRENT_RUNS at a time (ONNX Runtime and the C binning kernel release
-    # the GIL) while the histograms of the oldest are updated; they are folded in order.
-    with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(_CONCURRENT_RUNS) as inference:
+    # Up to two batches are queued for inference on one thread while the histograms of the oldest
+    # are updated (ONNX Runtime and the C binning kernel release the GIL). One inference at a time on
+    # single images measured fastest: the activations of one image stay in cache for the histograms.
+    with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
         queued: deque[tuple[list[ImageItem], Future]] = deque()
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
             queued.append((batch.items, inference.submit(session.run, batch.array, measured)))
-            if len(queued) > _CONCURRENT_RUNS + 1:
+            if len(queued) > 2:
                 batch_items, outputs = queued.popleft()
                 fold(batch_items, outputs.result())
         while queued:
