@@ -57,15 +57,15 @@ def run_calibkit(model: str, images: str, n: int, out) -> None:
              "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "amax": amax})
 
 
-def run_onnxruntime(model: str, images: str, n: int, method: str, out) -> None:
+def run_onnxruntime(model: str, images: str, n: int, method: str, batch_size: int, out) -> None:
     from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
 
     from calibkit.data.loader import iter_batches
     from calibkit.workflow import model_preprocess
 
     spec = model_preprocess(Path(model))
-    # ORT stacks all batches into one array, so every batch must have the same size: 4 divides every N.
-    batches = iter_batches(_items(Path(images), n), spec, batch_size=4)
+    # ORT stacks all batches into one array, so every batch must have the same size (divide N by it).
+    batches = iter_batches(_items(Path(images), n), spec, batch_size=batch_size)
 
     class Reader(CalibrationDataReader):
         def get_next(self):
@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--time-limit", type=float, default=900.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median is reported")
+    parser.add_argument("--ort-batch-size", type=int, default=4, help="images per ONNX Runtime calibration batch")
     args = parser.parse_args(argv)
     os.environ["CALIBKIT_QUIET"] = "1"
     model = str(demo_model())
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
                      "peak_rss_gb": ours.get("rss_gb"), "vs_calibkit": None, "max_rel_amax_diff": None})
         print(format_table(rows[-1:], columns), flush=True)
         for method, label in PAIRS.items():
-            theirs = measure(run_onnxruntime, (model, str(args.images), n, method), *limits)
+            theirs = measure(run_onnxruntime, (model, str(args.images), n, method, args.ort_batch_size), *limits)
             ok = theirs["status"] == "ok" and ours["status"] == "ok"
             rows.append({"N": n, "tool": f"onnxruntime {method} (vs {label})", "status": theirs["status"],
                          "seconds": theirs.get("seconds"), "spread": theirs.get("spread", ""),
