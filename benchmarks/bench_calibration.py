@@ -49,8 +49,9 @@ def run_calibkit(model: str, images: str, n: int, out) -> None:
     from calibkit.stats.collect import collect_statistics
     from calibkit.workflow import model_preprocess
 
+    items, spec = _items(Path(images), n), model_preprocess(Path(model))  # outside the timing, as for ORT
     start = time.perf_counter()
-    stats = collect_statistics(Path(model), _items(Path(images), n), model_preprocess(Path(model)))
+    stats = collect_statistics(Path(model), items, spec)
     amax = {c.label: {k: r.amax for k, r in compute_ranges(stats.tensors, c).items()}
             for c in parse_methods("entropy2,percentile:99.99,minmax")}
     out.put({"seconds": time.perf_counter() - start,
