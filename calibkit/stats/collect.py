@@ -119,14 +119,17 @@ def collect_statistics(
     # single images measured fastest: the activations of one image stay in cache for the histograms.
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
         queued: deque[tuple[list[ImageItem], Future]] = deque()
+
+        def fold_oldest() -> None:
+            batch_items, outputs = queued.popleft()
+            fold(batch_items, outputs.result())
+
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
             queued.append((batch.items, inference.submit(session.run, batch.array, measured)))
             if len(queued) > 2:
-                batch_items, outputs = queued.popleft()
-                fold(batch_items, outputs.result())
+                fold_oldest()
         while queued:
-            batch_items, outputs = queued.popleft()
-            fold(batch_items, outputs.result())
+            fold_oldest()
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
     shards = [with_clamps(shard, clamps, names) for shard in shards]
