@@ -44,8 +44,13 @@ def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("images and preprocessing")
     group.add_argument("--images", type=Path, required=required, help="folder: flat, class subfolders or labels.csv")
     group.add_argument("--labels", type=Path, help="CSV with file,class_index (default: <images>/labels.csv)")
-    group.add_argument("--preset", default="imagenet-tf", help="imagenet-tf (default) or imagenet-torch")
-    group.add_argument("--size", type=_size, help="HxW when the model's input size is dynamic")
+    group.add_argument("--preset", default="imagenet-tf",
+                       help="imagenet-tf (default), imagenet-torch, paddle-det, paddle-ocr-det, paddle-ocr-rec, yolo")
+    group.add_argument("--size", type=_size, help="HxW; required when the model's input size is dynamic")
+    group.add_argument("--resize", choices=["crop", "stretch", "letterbox", "pad-right"],
+                       help="geometry (overrides the preset): centre crop, stretch, letterbox, or pad right")
+    group.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order fed to the model")
+    group.add_argument("--pad-value", type=float, help="0-255 fill of letterbox/pad-right borders")
     group.add_argument("--mean", type=_floats3, help="R,G,B mean on the 0-255 scale (overrides the preset)")
     group.add_argument("--std", type=_floats3, help="R,G,B std on the 0-255 scale (overrides the preset)")
     group.add_argument("--crop", type=float, help="centre-crop fraction of the short side (default 224/256)")
@@ -59,7 +64,9 @@ def _preprocess(args: argparse.Namespace):
     from calibkit.workflow import model_preprocess
 
     spec = get_preset(args.preset).with_overrides(
-        mean=args.mean, std=args.std, crop_fraction=args.crop, interpolation=args.interpolation
+        mean=args.mean, std=args.std, crop_fraction=args.crop, interpolation=args.interpolation,
+        resize=getattr(args, "resize", None), channel_order=getattr(args, "channel_order", None),
+        pad_value=getattr(args, "pad_value", None),
     )
     return model_preprocess(args.model, spec, args.size)
 
@@ -68,27 +75,47 @@ def _print_json(payload: dict) -> None:
     print(json.dumps(payload, indent=1))
 
 
+def _task(args: argparse.Namespace, spec, items=()):
+    from calibkit.workflow import model_task
+
+    options = {}
+    for pair in args.task_opt:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CalibkitError(f"--task-opt {pair!r}: expected KEY=VALUE, e.g. --task-opt score=0.3")
+        options[key.strip().replace("-", "_")] = value.strip()
+    if args.postprocess:
+        options["postprocess"] = args.postprocess
+    task = args.task
+    if args.postprocess and task in (None, "auto"):
+        task = "detection"
+    return model_task(args.model, spec, task, options, items)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from calibkit.backends import load
-    from calibkit.compare.accuracy import accuracy_summary
-    from calibkit.compare.inference import predict
+    from calibkit.compare.inference import evaluate
     from calibkit.data.images import discover_images
 
     spec = _preprocess(args)
     items = discover_images(args.images, args.labels)
+    task = _task(args, spec, items)
     session = load(args.model, "fp32", args.backend)
-    preds = predict(session, items, spec, args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, desc="eval")
+    result = evaluate(session, items, spec, task, args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, desc="eval")
     summary = {
         "model": str(args.model),
-        "images": len(preds.items),
-        "skipped": preds.skipped,
-        **accuracy_summary(preds.logits, preds.labels),
-        "images_per_second": round(preds.images_per_second, 1),
+        "task": task.name,
+        "images": result.images,
+        "skipped": result.skipped,
+        **result.metrics,
+        "images_per_second": round(result.images_per_second, 1),
         "backend": session.backend,
         "preprocess": spec.to_dict(),
     }
-    if summary["top1"] is not None:
-        print(f"top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  on {len(preds.items)} images", file=sys.stderr)
+    shown = [f"{m.label} {m.format(result.metrics.get(m.key))}" for m in task.metrics
+             if result.metrics.get(m.key) is not None]
+    if shown:
+        print(f"{'  '.join(shown)}  on {result.images} images", file=sys.stderr)
     _print_json(summary)
     return 0
 
@@ -126,47 +153,37 @@ def _int8_from_spec(model: Path, spec: str, exclude: Sequence[str] = ()):
     return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude)
 
 
-def _gate(result: dict, limit: float | None) -> int:
-    """Exit code 3 when any candidate's top-1 drop (or agreement loss without labels) exceeds ``limit``."""
-    if limit is None:
-        return 0
-    comparison = result["comparison"]
-    failed = []
-    for c in comparison["candidates"]:
-        loss = c["accuracy"]["top1_drop"] if comparison["labelled"] else 100 - c["agreement"]["top1_agreement"]
-        if loss > limit:
-            failed.append(f"{c['name']} ({loss:.2f} points)")
-    if failed:
-        print(f"calibkit: top-1 drop above {limit} points for {', '.join(failed)}", file=sys.stderr)
-        return 3
-    return 0
+def _gate(result: dict) -> int:
+    """Exit code 3 when any candidate fails a --fail-on gate."""
+    failed = [c for c in result["comparison"]["candidates"] if c["verdict"]["failed_gates"]]
+    for c in failed:
+        print(f"calibkit: {c['name']} fails {'; '.join(c['verdict']['failed_gates'])}", file=sys.stderr)
+    return 3 if failed else 0
 
 
 def _summarise(result: dict, report: Path) -> None:
-    from calibkit.compare.accuracy import format_points
+    """The verdict and the task's main metrics per candidate, on stderr."""
+    from calibkit.compare.verdict import verdict_line
+    from calibkit.tasks.base import Metric
 
     comparison = result["comparison"]
-    ref = comparison["reference"]["accuracy"]
-    lines = [f"report: {report}"]
+    metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
+    lines = [f"report: {report}  (task: {comparison['task']['name']}, {comparison['images']} images)"]
     if "sensitivity" in comparison:
         sens = comparison["sensitivity"]
         budget = sens["budget"]
         top = ", ".join(r["node"] for r in sens["ranking"][:3])
         lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
-        lines.append(f"  budget {budget['budget']} {budget['metric']} points {'met' if budget['met'] else 'NOT met'} with "
-                     f"{len(budget['kept_float'])} layer(s) in float: loss {budget['steps'][-1]['loss']:.2f}")
-    if comparison["labelled"]:
-        lines.append(f"  fp32            top-1 {ref['top1']:6.2f}%  top-5 {ref['top5']:6.2f}%")
+        lines.append(f"  budget {budget['budget']} {budget['metric']} points {'met' if budget['met'] else 'NOT met'} "
+                     f"with {len(budget['kept_float'])} layer(s) in float: loss {budget['steps'][-1]['loss']:.2f}")
     for c in comparison["candidates"]:
-        acc, agree = c["accuracy"], c["agreement"]
-        speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["batch"] == 8]
-        line = f"  {c['name']:<15}"
-        if comparison["labelled"]:
-            line += f" top-1 {acc['top1']:6.2f}% ({format_points(-acc['top1_drop'])})"
-        line += f"  agreement {agree['top1_agreement']:6.2f}%"
-        if speed and speed[0]["speedup"]:
-            line += f"  {speed[0]['speedup']:.2f}x FP32 at batch 8"
-        lines.append(line)
+        shown = [f"{m.key} {m.format(c['metrics'].get(m.key))}" for m in metrics
+                 if c["metrics"].get(m.key) is not None][:4]
+        speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["speedup"]]
+        if speed:
+            shown.append(f"{speed[-1]['speedup']:.2f}x FP32 at batch {speed[-1]['batch']}")
+        lines.append(f"  {verdict_line(c['name'], c['verdict'])}")
+        lines.append(f"      {'  '.join(shown)}  output SQNR {c['metrics']['output_sqnr']:.1f} dB")
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -176,13 +193,15 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
 
     items = discover_images(args.images, args.labels)
     report = args.report or (args.out / "report.html")
+    spec = _preprocess(args)
+    fail_on = list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
     result = compare_and_report(
-        args.model, items, _preprocess(args), candidates, report, args.batch_size or INFERENCE_BATCH_SIZE,
-        args.skip_bad, [] if args.no_bench else args.bench_batch_sizes, run, note, args.accuracy_budget,
-        args.sensitivity_images, args.budget_metric,
+        args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
+        args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
+        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric,
     )
     _summarise(result, report)
-    return _gate(result, args.fail_on_top1_drop)
+    return _gate(result)
 
 
 def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
@@ -227,7 +246,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from calibkit.backends import available_backends
     from calibkit.bench.table import format_table
-    from calibkit.workflow import bench_models, fp16_candidate, input_shape
+    from calibkit.workflow import bench_models, fp16_candidate, input_shape, usable_batch_sizes
 
     candidates = _int8_from_spec(args.model, args.int8) if args.int8 else []
     if args.fp16:
@@ -235,7 +254,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.model) for c in candidates]
     shape = input_shape(_preprocess(args))
     backends = available_backends() if args.backend == "all" else [args.backend]
-    rows = [row for backend in backends for row in bench_models(models, shape, args.batch_sizes, backend)]
+    sizes = usable_batch_sizes(args.model, args.batch_sizes)
+    rows = [row for backend in backends for row in bench_models(models, shape, sizes, backend)]
     print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup"]))
     if args.json:
         from calibkit.fileio import write_text_atomic
@@ -256,6 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.images = demo_images()
     args.labels = None
     args.size = args.mean = args.std = args.crop = args.interpolation = None
+    args.resize = args.channel_order = args.pad_value = args.postprocess = None
+    args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.report = args.out / "report.html"
     args.compare = True
@@ -275,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_images(p)
     p.add_argument("--backend", "--provider", dest="backend", default="ort-cpu", help="ort-cpu, ort-cuda, tensorrt")
+    _add_task(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("calibrate", help="collect statistics once, write ranges for every method")
@@ -330,14 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("task")
+    group.add_argument("--task", default="auto",
+                       help="classification, detection, ocr-ctc, dense, generic, or a plug-in (default: detected "
+                            "from the outputs, generic when they are ambiguous)")
+    group.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="task setting, e.g. score=0.3, head=gfl, threshold=0.3, coco=labels.json")
+    group.add_argument("--postprocess", metavar="MODULE:FUNCTION",
+                       help="decode detector outputs yourself: fn(outputs, (h, w)) -> [(boxes, scores, classes)]")
+
+
 def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | None, with_out: bool = True) -> None:
+    if with_out:
+        _add_task(parser)
     group = parser.add_argument_group("comparison")
     if with_out and out_default is not None:
         group.add_argument("--out", type=Path, default=out_default, help="folder for the report and exports")
     group.add_argument("--report", type=Path, help="HTML report path (default: <out>/report.html)")
     group.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
     group.add_argument("--bench-batch-sizes", type=_batch_sizes, default=[1, 8, 32])
-    group.add_argument("--fail-on-top1-drop", type=float, help="exit 3 when a candidate loses more top-1 points")
+    group.add_argument("--fail-on", action="append", default=[], metavar="RULE",
+                       help="exit 3 when a candidate meets RULE, e.g. recall<0.95, top1-drop>1, cer>5")
+    group.add_argument("--fail-on-top1-drop", type=float, help="same as --fail-on top1-drop>X")
+    group.add_argument("--unusable-if", action="append", metavar="RULE",
+                       help="call a candidate unusable when it meets RULE (default: the task's own rules)")
     group.add_argument("--accuracy-budget", type=float,
                        help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
                             "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")

@@ -6,6 +6,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 from onnx import numpy_helper
@@ -17,13 +18,14 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 @dataclass(frozen=True)
 class ImageInput:
-    """The model's single image input: name, layout and spatial size (``None`` where dynamic)."""
+    """The model's single image input: name, layout, batch and spatial size (``None`` where dynamic)."""
 
     name: str
     layout: str
     height: int | None
     width: int | None
     channels: int
+    batch: int | None = None
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -50,7 +52,7 @@ def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInpu
         raise CalibkitError(f"{path}: model has {len(inputs)} inputs ({names}); calibkit needs one image input")
     inp = inputs[0]
     tensor_type = inp.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
     if tensor_type.elem_type not in _FLOAT_TYPES or len(dims) != 4:
         raise CalibkitError(
             f"{path}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)} "
@@ -69,7 +71,7 @@ def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInpu
         raise CalibkitError(
             f"{path}: input {inp.name!r} expects {channels} channel(s); calibkit feeds RGB images (3 channels)"
         )
-    return ImageInput(inp.name, layout, height, width, channels)
+    return ImageInput(inp.name, layout, height, width, channels, dims[0])
 
 
 def float_activations(model: onnx.ModelProto) -> list[str]:
@@ -121,6 +123,28 @@ def clamp_bounds(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -
         else:
             return None
     return bounds[0], bounds[1]
+
+
+def activation_bytes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict[str, int]:
+    """Bytes of every node output for one input of ``input_shape``, from shape inference; an output whose
+    shape stays unknown counts as large as the largest known one (an over-estimate, never an under-)."""
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    dims = sized.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims, input_shape):
+        dim.Clear()
+        dim.dim_value = int(value)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sized)
+    except Exception:
+        inferred = sized
+    known: dict[str, int] = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        shape = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
+        if shape and all(shape):
+            known[info.name] = math.prod(shape) * 4
+    largest = max(known.values(), default=1 << 20)
+    return {out: known.get(out, largest) for node in model.graph.node for out in node.output if out}
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

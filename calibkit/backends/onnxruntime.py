@@ -45,18 +45,36 @@ class OrtSession:
         except Exception as exc:
             raise CalibkitError(f"{model_path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})") from exc
         self.input_name = self._session.get_inputs()[0].name
+        batch_dim = self._session.get_inputs()[0].shape[0]
+        self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self.output_names = [out.name for out in self._session.get_outputs()]
         self.model_outputs = model_outputs or self.output_names
         self._input_type = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run ``batch``; a model with a fixed batch size gets it in chunks, the last one padded by
+        repeating its last image, and the padding is cut from outputs whose first axis is the batch."""
         names = list(outputs) if outputs is not None else self.model_outputs
+        size = self.fixed_batch
+        if size is None or len(batch) == size:
+            return self._run(batch, names)
+        parts = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            real = len(chunk)
+            if real < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
+            values = self._run(chunk, names)
+            parts.append({k: v[:real] if v.ndim and v.shape[0] == size else v for k, v in values.items()})
+        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+    def _run(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         try:
             values = self._session.run(names, {self.input_name: batch.astype(self._input_type, copy=False)})
         except Exception as exc:
             raise CalibkitError(
                 f"{self.model_path}: inference failed on a batch of shape {tuple(batch.shape)} "
-                f"({str(exc).splitlines()[0][:200]}); check --size/--layout against the model input"
+                f"({str(exc).splitlines()[0][:200]}); check --size and the preprocessing against the model input"
             ) from exc
         return dict(zip(names, values))
 

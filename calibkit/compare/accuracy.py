@@ -25,10 +25,15 @@ def accuracy_summary(logits: np.ndarray, labels: np.ndarray | None) -> dict[str,
     return {"top1": 100 * top_k_accuracy(logits, labels, 1), "top5": 100 * top_k_accuracy(logits, labels, 5)}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean KL(ref || cand) of the softmax of two logit matrices."""
+    log_p, log_q = log_softmax(reference.astype(np.float64)), log_softmax(candidate.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -36,9 +41,7 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     top1 = float((reference.argmax(1) == candidate.argmax(1)).mean()) * 100
     ref5, cand5 = top_k(reference, 5), top_k(candidate, 5)
     overlap = (ref5[:, :, None] == cand5[:, None, :]).any(axis=2).mean() * 100
-    p, q = softmax(reference.astype(np.float64)), softmax(candidate.astype(np.float64))
-    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=1)
-    return {"top1_agreement": top1, "top5_overlap": float(overlap), "mean_kl": float(kl.mean())}
+    return {"top1_agreement": top1, "top5_overlap": float(overlap), "mean_kl": mean_kl(reference, candidate)}
 
 
 def format_points(points: float) -> str:

@@ -1,27 +1,29 @@
-"""Run the FP32 reference and every candidate on the same images: accuracy, agreement, per-layer drift.
+"""Run the FP32 reference and every candidate on the same images and measure drift in the task's terms.
 
 A candidate has a model to measure accuracy on (for INT8 the ONNX Runtime target, real integer
 kernels) and a model to measure per-layer drift on (for INT8 the TensorRT target, whose float tensors
-keep the reference names). Everything is accumulated batch by batch; only logits are kept.
+keep the reference names). Each batch is decoded once and inferred once per model; the task turns
+outputs into predictions and its scorers keep only running sums (and, for detection, the boxes).
+Every model output is compared too (SQNR, cosine, max error), whatever the task.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from calibkit.backends.onnxruntime import OrtSession
-from calibkit.compare.accuracy import accuracy_summary, agreement
-from calibkit.compare.layers import LayerDrift
+from calibkit.compare.layers import LayerDrift, layer_drift, layer_images_for
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import float_activations, load_model
 from calibkit.progress import progress
+from calibkit.tasks.base import Task
+
+EXAMPLES = 3
 
 
 @dataclass
@@ -36,10 +38,12 @@ class Candidate:
     ranges: Path | None = None
 
 
-def common_tensors(reference_tensors: Sequence[str], candidate: Path) -> list[str]:
-    """The reference's float activations that the candidate graph also produces, in reference order."""
-    produced = {out for node in load_model(candidate).graph.node for out in node.output}
-    return [name for name in reference_tensors if name in produced]
+def output_metrics(drifts: Sequence[LayerDrift]) -> dict[str, float]:
+    """The lowest output SQNR and the count of non-finite output values: every task's common metrics."""
+    sqnr = [d.sqnr_db for d in drifts]
+    lowest = min(sqnr) if sqnr else math.inf
+    return {"output_sqnr": -math.inf if math.isnan(lowest) else lowest,
+            "nonfinite_outputs": float(sum(d.nonfinite for d in drifts))}
 
 
 def compare_models(
@@ -47,75 +51,71 @@ def compare_models(
     candidates: Sequence[Candidate],
     items: Sequence[ImageItem],
     preprocess: Preprocess,
+    task: Task,
     batch_size: int = 8,
     skip_bad: bool = False,
     layer_images: int = 200,
 ) -> dict:
-    """Accuracy (with labels) and agreement on every image; per-layer drift on the first ``layer_images``.
+    """Task metrics and per-output drift on every image; per-layer drift on the first ``layer_images``
+    (fewer for models whose activations are large: see ``layer_images_for``).
 
-    Per-layer drift runs every model once more with all shared tensors exposed, the costly part of a
-    comparison; a few hundred images pin SQNR down to a fraction of a dB. ``layer_images=0`` skips it.
+    ``layer_images=0`` skips the per-layer pass, the costly part of a comparison (a few hundred images
+    pin SQNR down to a fraction of a dB).
     """
     if not candidates:
         raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
-    reference_tensors = float_activations(load_model(reference))[1:] if layer_images else []
-    layer_names = {
-        c.name: common_tensors(reference_tensors, c.drift_model) for c in candidates if layer_images and c.drift_model
-    }
-    exposed = sorted({name for names in layer_names.values() for name in names})
-    ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=exposed)
-    ref_plain = OrtSession(reference, ["CPUExecutionProvider"])
-    fast = {c.name: OrtSession(c.model, ["CPUExecutionProvider"]) for c in candidates}
-    drift_sessions = {
-        name: OrtSession(c.drift_model, ["CPUExecutionProvider"], expose=layer_names[name])
-        for c in candidates if (name := c.name) in layer_names
-    }
-    drifts = {name: {t: LayerDrift(t) for t in names} for name, names in layer_names.items()}
-    ref_logits: list[np.ndarray] = []
-    cand_logits: dict[str, list[np.ndarray]] = {c.name: [] for c in candidates}
+    ref_session = OrtSession(reference, ["CPUExecutionProvider"])
+    sessions = {c.name: OrtSession(c.model, ["CPUExecutionProvider"]) for c in candidates}
+    outputs = ref_session.model_outputs
+    scorers = {c.name: task.scorer() for c in candidates}
+    reference_scorer = task.scorer()
+    output_drift = {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}
     kept: list[ImageItem] = []
     report = LoadReport()
     with progress(len(items), f"comparing {len(candidates)} candidate(s)") as bar:
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
-            with_layers = len(kept) < layer_images
-            if with_layers:
-                ref_out = ref_session.run(batch.array, ref_session.model_outputs + exposed)
-            else:
-                ref_out = ref_plain.run(batch.array)
-            ref_logits.append(ref_out[ref_session.model_outputs[0]].reshape(len(batch.items), -1))
+            ref_out = ref_session.run(batch.array)
+            ref_pred = task.decode(ref_out, batch)
+            reference_scorer.add(ref_pred, ref_pred, batch)
             for c in candidates:
-                logits = next(iter(fast[c.name].run(batch.array).values()))
-                cand_logits[c.name].append(np.asarray(logits, np.float32).reshape(len(batch.items), -1))
-                if with_layers and c.name in drift_sessions:
-                    outs = drift_sessions[c.name].run(batch.array, layer_names[c.name])
-                    for tensor, drift in drifts[c.name].items():
-                        drift.update(ref_out[tensor], outs[tensor])
+                out = sessions[c.name].run(batch.array)
+                scorers[c.name].add(ref_pred, task.decode(out, batch), batch)
+                for name in outputs:
+                    output_drift[c.name][name].update(ref_out[name], out[name])
             kept.extend(batch.items)
             bar.update(len(batch.items))
     if not kept:
         raise CalibkitError("every image failed to load; nothing to compare")
-    labels = None if any(i.label is None for i in kept) else np.array([i.label for i in kept])
-    reference_logits = np.concatenate(ref_logits)
-    ref_acc = accuracy_summary(reference_logits, labels)
+    drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
+    layer_images = layer_images_for(reference, drift_models, preprocess, min(layer_images, len(kept)))
+    layers = layer_drift(reference, drift_models, kept[:layer_images], preprocess) if layer_images else {}
+    absolute_keys = [m.key for m in task.metrics if not m.versus_fp32]
+    label_keys = [m.key for m in task.metrics if m.labels]
+    reference_metrics = reference_scorer.result()
     results = []
     for c in candidates:
-        logits = np.concatenate(cand_logits[c.name])
-        acc = accuracy_summary(logits, labels)
-        drop = {f"{k}_drop": ref_acc[k] - acc[k] for k in ("top1", "top5")} if labels is not None else {}
+        scorer = scorers[c.name]
+        drifts = list(output_drift[c.name].values())
         results.append({
             "name": c.name,
             "precision": c.precision,
             "calibrator": c.calibrator,
             "model": str(c.model),
-            "accuracy": {**acc, **drop},
-            "agreement": agreement(reference_logits, logits),
-            "layers": [d.to_dict() for d in drifts.get(c.name, {}).values()],
+            "metrics": {**scorer.result(), **output_metrics(drifts)},
+            "details": scorer.details(),
+            "examples": scorer.examples(preprocess, EXAMPLES),
+            "outputs": [d.to_dict() for d in drifts],
+            "layers": [d.to_dict() for d in layers.get(c.name, [])],
         })
     return {
-        "reference": {"model": str(reference), "accuracy": ref_acc},
+        "task": {"name": task.name, "description": task.description, "settings": task.settings,
+                 "metrics": [vars(m) for m in task.metrics]},
+        "reference": {"model": str(reference), "outputs": outputs,
+                      "metrics": {k: reference_metrics.get(k) for k in absolute_keys}},
         "images": len(kept),
         "skipped_images": len(report.skipped),
-        "labelled": labels is not None,
-        "layer_images": min(layer_images, len(kept)),
+        "labelled": any(reference_metrics.get(k) is not None for k in label_keys),
+        "layer_images": layer_images,
+        "preprocess": preprocess.describe(),
         "candidates": results,
     }

@@ -18,10 +18,12 @@ from calibkit.errors import CalibkitError
 
 @dataclass
 class Batch:
-    """Preprocessed images stacked on a new first axis, with the items they came from."""
+    """Preprocessed images stacked on a new first axis, with the items they came from and each
+    decoded image's (width, height) before preprocessing."""
 
     array: np.ndarray
     items: list[ImageItem]
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -37,8 +39,9 @@ class LoadReport:
     skipped: list[tuple[ImageItem, str]] = field(default_factory=list)
 
 
-def _load_one(item: ImageItem, preprocess: Preprocess) -> np.ndarray:
-    return preprocess(decode_image(item.path))
+def _load_one(item: ImageItem, preprocess: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    image = decode_image(item.path)
+    return preprocess(image), image.size
 
 
 def iter_batches(
@@ -72,11 +75,14 @@ def iter_batches(
         top_up()
         arrays: list[np.ndarray] = []
         batch_items: list[ImageItem] = []
+        sizes: list[tuple[int, int]] = []
         while pending:
             item, future = pending.popleft()
             top_up()
             try:
-                arrays.append(future.result())
+                array, size = future.result()
+                arrays.append(array)
+                sizes.append(size)
                 batch_items.append(item)
             except CalibkitError as exc:
                 if not skip_bad:
@@ -85,10 +91,10 @@ def iter_batches(
                     raise
                 report.skipped.append((item, str(exc)))
             if len(arrays) == batch_size:
-                yield Batch(np.stack(arrays), batch_items)
-                arrays, batch_items = [], []
+                yield Batch(np.stack(arrays), batch_items, sizes)
+                arrays, batch_items, sizes = [], [], []
         if arrays:
-            yield Batch(np.stack(arrays), batch_items)
+            yield Batch(np.stack(arrays), batch_items, sizes)
     if report.skipped:
         warnings.warn(
             f"skipped {len(report.skipped)} unreadable image(s), first: {report.skipped[0][1]}",

@@ -1,7 +1,8 @@
-"""Decode an image file and turn it into the float tensor a classification model expects."""
+"""Decode an image file and turn it into the float tensor a vision model expects."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,19 +18,33 @@ _RESAMPLE = {
 }
 
 
+RESIZE_MODES = {
+    "crop": "centre-crop crop_fraction of the short side, then resize (ImageNet classifiers)",
+    "stretch": "resize to the input size ignoring the aspect ratio (Paddle detectors, OCR detectors)",
+    "letterbox": "keep the aspect ratio, fit inside the input, pad the borders evenly (YOLO)",
+    "pad-right": "keep the aspect ratio up to the input width, scale to the input height, pad on the right "
+                 "(CTC text recognisers)",
+}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Centre-crop ``crop_fraction`` of the short side, resize to ``size``, then ``(x - mean) / std``.
+    """Geometry (``resize`` mode to ``size``), channel order, then ``(x - mean) / std``.
 
-    ``mean`` and ``std`` are per RGB channel on the 0-255 pixel scale. ``layout`` is ``NCHW`` or ``NHWC``.
+    ``mean`` and ``std`` are per input channel, in the order the model is fed (``channel_order``), on
+    the 0-255 pixel scale: plain ``/255`` scaling is mean 0, std 255. ``pad_value`` (0-255) fills the
+    borders of ``letterbox`` and ``pad-right``. ``size`` is ``None`` until fitted to a model.
     """
 
-    size: tuple[int, int] = (224, 224)
+    size: tuple[int, int] | None = None
     crop_fraction: float = 224 / 256
     mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     interpolation: str = "bicubic"
     layout: str = "NCHW"
+    resize: str = "crop"
+    channel_order: str = "RGB"
+    pad_value: float = 0.0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -37,6 +52,10 @@ class Preprocess:
             raise CalibkitError(f"unknown interpolation {self.interpolation!r}; use one of {sorted(_RESAMPLE)}")
         if self.layout not in ("NCHW", "NHWC"):
             raise CalibkitError(f"unknown layout {self.layout!r}; use NCHW or NHWC")
+        if self.resize not in RESIZE_MODES:
+            raise CalibkitError(f"unknown resize mode {self.resize!r}; use one of {', '.join(RESIZE_MODES)}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise CalibkitError(f"unknown channel order {self.channel_order!r}; use RGB or BGR")
         if not 0 < self.crop_fraction <= 1:
             raise CalibkitError(f"crop fraction {self.crop_fraction} must be in (0, 1]")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -50,39 +69,112 @@ class Preprocess:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "size": list(self.size),
+            "size": list(self.size) if self.size else None,
+            "resize": self.resize,
             "crop_fraction": self.crop_fraction,
+            "channel_order": self.channel_order,
             "mean": list(self.mean),
             "std": list(self.std),
+            "pad_value": self.pad_value,
             "interpolation": self.interpolation,
             "layout": self.layout,
         }
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """Return a float32 array in ``layout`` without the batch axis."""
+    def describe(self) -> str:
+        """One line for reports: what was done to every image, in order."""
+        h, w = self.size or (0, 0)
+        geometry = {"crop": f"centre crop {self.crop_fraction:.4g} of the short side, resize to {h}x{w}",
+                    "stretch": f"stretch to {h}x{w}",
+                    "letterbox": f"letterbox to {h}x{w} (pad {self.pad_value:g})",
+                    "pad-right": f"scale to height {h}, width up to {w}, pad right ({self.pad_value:g})"}[self.resize]
+        mean = ",".join(f"{v:g}" for v in self.mean)
+        std = ",".join(f"{v:g}" for v in self.std)
+        return (f"{self.name}: {geometry}, {self.interpolation}; {self.channel_order}; (x - [{mean}]) / [{std}]; "
+                f"{self.layout}")
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        """``image`` resized (and cropped or padded) to ``size``: what the model sees, before normalising."""
+        if self.size is None:
+            raise CalibkitError("preprocessing has no input size; pass --size HxW for a model with a dynamic size")
         width, height = image.size
         target_h, target_w = self.size
-        scale = self.crop_fraction * min(width / target_w, height / target_h)
-        crop_w, crop_h = target_w * scale, target_h * scale
-        left, top = (width - crop_w) / 2, (height - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
-        resized = image.resize((target_w, target_h), _RESAMPLE[self.interpolation], box=box)
+        resample = _RESAMPLE[self.interpolation]
+        if self.resize == "stretch":
+            return image.resize((target_w, target_h), resample)
+        if self.resize == "crop":
+            scale = self.crop_fraction * min(width / target_w, height / target_h)
+            crop_w, crop_h = min(target_w * scale, width), min(target_h * scale, height)
+            left, top = max((width - crop_w) / 2, 0.0), max((height - crop_h) / 2, 0.0)
+            return image.resize((target_w, target_h), resample, box=(left, top, left + crop_w, top + crop_h))
+        if self.resize == "letterbox":
+            scale = min(target_w / width, target_h / height)
+            new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+            offset = ((target_w - new_w) // 2, (target_h - new_h) // 2)
+        else:
+            new_h = target_h
+            new_w = max(1, min(target_w, math.ceil(target_h * width / height)))
+            offset = (0, 0)
+        fill = (round(self.pad_value),) * 3
+        canvas = Image.new("RGB", (target_w, target_h), fill)
+        canvas.paste(image.resize((new_w, new_h), resample), offset)
+        return canvas
+
+    def to_image_coords(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Map xyxy ``boxes`` in model-input pixels back onto the decoded image of ``image_size`` (w, h)."""
+        width, height = image_size
+        target_h, target_w = self.size or (height, width)
+        offset, scale = np.zeros(2), np.array([width / target_w, height / target_h])
+        if self.resize == "crop":
+            crop = self.crop_fraction * min(width / target_w, height / target_h)
+            crop_w, crop_h = min(target_w * crop, width), min(target_h * crop, height)
+            offset = np.array([max((width - crop_w) / 2, 0.0), max((height - crop_h) / 2, 0.0)])
+            scale = np.array([crop_w / target_w, crop_h / target_h])
+        elif self.resize == "letterbox":
+            fit = min(target_w / width, target_h / height)
+            new_w, new_h = max(1, round(width * fit)), max(1, round(height * fit))
+            pad = np.array([(target_w - new_w) // 2, (target_h - new_h) // 2])
+            scale = np.array([width / new_w, height / new_h])
+            offset = -pad * scale
+        elif self.resize == "pad-right":
+            new_w = max(1, min(target_w, math.ceil(target_h * width / height)))
+            scale = np.array([width / new_w, height / target_h])
+        return np.asarray(boxes, np.float64) * np.tile(scale, 2) + np.tile(offset, 2)
+
+    def normalise(self, resized: Image.Image) -> np.ndarray:
+        """Float32 array in ``layout`` without the batch axis, from the output of :meth:`geometry`."""
         array = np.asarray(resized, dtype=np.float32)
+        if self.channel_order == "BGR":
+            array = array[..., ::-1]
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout == "NCHW":
             array = array.transpose(2, 0, 1)
         return np.ascontiguousarray(array)
 
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Return a float32 array in ``layout`` without the batch axis."""
+        return self.normalise(self.geometry(image))
+
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 PRESETS: dict[str, Preprocess] = {
     "imagenet-tf": Preprocess(name="imagenet-tf"),
-    "imagenet-torch": Preprocess(
-        crop_fraction=224 / 256,
-        mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
-        std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
-        interpolation="bilinear",
-        name="imagenet-torch",
-    ),
+    "imagenet-torch": Preprocess(mean=_IMAGENET_MEAN, std=_IMAGENET_STD, interpolation="bilinear",
+                                 name="imagenet-torch"),
+    # PaddleDetection exports (PP-PicoDet, PP-YOLOE): cv2 BGR pixels, stretched, ImageNet mean/std as listed.
+    "paddle-det": Preprocess(resize="stretch", channel_order="BGR", mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+                             interpolation="bilinear", name="paddle-det"),
+    # PaddleOCR text detector: BGR, stretched to a multiple of 32, (x/255 - 0.5) / 0.5.
+    "paddle-ocr-det": Preprocess(resize="stretch", channel_order="BGR", mean=(127.5,) * 3, std=(127.5,) * 3,
+                                 interpolation="bilinear", name="paddle-ocr-det"),
+    # PaddleOCR recogniser and direction classifier: height 48, aspect kept, padded right with zeros after
+    # normalisation (pixel 127.5).
+    "paddle-ocr-rec": Preprocess(resize="pad-right", channel_order="BGR", mean=(127.5,) * 3, std=(127.5,) * 3,
+                                 pad_value=127.5, interpolation="bilinear", name="paddle-ocr-rec"),
+    # Ultralytics YOLO: letterbox with grey 114, RGB, /255.
+    "yolo": Preprocess(resize="letterbox", mean=(0.0,) * 3, std=(255.0,) * 3, pad_value=114.0,
+                       interpolation="bilinear", name="yolo"),
 }
 
 
@@ -109,7 +201,6 @@ def decode_image(path: Path) -> Image.Image:
         raise CalibkitError(f"{path}: not a readable image ({exc}); remove it or pass --skip-bad") from exc
 
 
-
 def fit_to_model(
     preprocess: Preprocess,
     height: int | None,
@@ -118,13 +209,24 @@ def fit_to_model(
     model: str,
     requested_size: tuple[int, int] | None = None,
 ) -> Preprocess:
-    """Take layout and any fixed spatial size from the model; refuse a ``requested_size`` it cannot take."""
-    size = requested_size or preprocess.size
+    """Take layout and any fixed spatial size from the model; a dynamic size needs ``requested_size``
+    (or a preset that names one): never a silent default."""
     if height is not None and width is not None:
         if requested_size and requested_size != (height, width):
             raise CalibkitError(
-                f"{model}: model input is {height}x{width} but --size asks for {size[0]}x{size[1]}; "
-                "drop --size or export the model with a dynamic size"
+                f"{model}: model input is {height}x{width} but --size asks for "
+                f"{requested_size[0]}x{requested_size[1]}; drop --size or export the model with a dynamic size"
             )
         size = (height, width)
+    else:
+        size = requested_size or preprocess.size
+        if size is None:
+            raise CalibkitError(
+                f"{model}: model input size is dynamic ({height or '?'}x{width or '?'}); pass --size HxW "
+                "(the size the model is deployed at)"
+            )
+        if (height is not None and size[0] != height) or (width is not None and size[1] != width):
+            raise CalibkitError(
+                f"{model}: model input is {height or '?'}x{width or '?'} but --size asks for {size[0]}x{size[1]}"
+            )
     return replace(preprocess, size=size, layout=layout)

@@ -10,10 +10,10 @@ from typing import Mapping, Sequence
 import jinja2
 import numpy as np
 
-from calibkit.compare.accuracy import format_points
 from calibkit.fileio import write_text_atomic
 from calibkit.report.svg import histogram_chart, line_chart
 from calibkit.stats.histogram import TensorStats
+from calibkit.tasks.base import Metric
 
 WORST_LAYERS = 5
 HIST_BARS = 256
@@ -42,6 +42,51 @@ def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
     return figures
 
 
+def _metric_table(comparison: Mapping, speed: Mapping) -> dict:
+    """Columns (the task's metrics that have a value somewhere) and one row per model, formatted."""
+    metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
+    reference = comparison["reference"]["metrics"]
+    columns = [m for m in metrics
+               if reference.get(m.key) is not None or any(c["metrics"].get(m.key) is not None
+                                                           for c in comparison["candidates"])]
+    rows = [{"name": "fp32 (reference)", "cells": [m.format(None if m.versus_fp32 else reference.get(m.key))
+                                                   for m in columns], "status": "reference", "sqnr": "–"}]
+    for c in comparison["candidates"]:
+        sqnr = c["metrics"].get("output_sqnr")
+        rows.append({"name": c["name"], "cells": [m.format(c["metrics"].get(m.key)) for m in columns],
+                     "status": c["verdict"]["status"],
+                     "sqnr": "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"})
+    return {"columns": columns, "rows": rows}
+
+
+def _detail_tables(candidate: Mapping) -> list[dict]:
+    """Every list-of-rows entry of a candidate's task details as a table (e.g. per class)."""
+    tables = []
+    for key, value in candidate.get("details", {}).items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            header = list(value[0])
+            rows = [[_cell(row.get(h)) for h in header] for row in value]
+            tables.append({"title": f"{candidate['name']}: {key.replace('_', ' ')}", "header": header, "rows": rows})
+    return tables
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _without_images(comparison: Mapping) -> dict:
+    """The comparison for JSON: example figures keep their captions, not their pixels."""
+    document = dict(comparison)
+    document["candidates"] = [
+        {**c, "examples": [{"caption": e["caption"]} for e in c.get("examples", [])]} for c in comparison["candidates"]
+    ]
+    return document
+
+
 def write_report(
     out_html: Path,
     comparison: Mapping,
@@ -60,12 +105,7 @@ def write_report(
         layers = [l for l in c["layers"] if math.isfinite(l["sqnr_db"])]
         worst = sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
         worst_tensors.extend(l["tensor"] for l in worst)
-        accuracy = dict(c["accuracy"])
-        for key in ("top1", "top5"):
-            if f"{key}_drop" in accuracy:
-                accuracy[f"{key}_delta"] = format_points(-accuracy[f"{key}_drop"])
-        candidates.append({**c, "accuracy": accuracy, "worst_layers": worst,
-                           "worst_sqnr": f"{worst[0]['sqnr_db']:.1f}" if worst else "–"})
+        candidates.append({**c, "worst_layers": worst})
     series = {}
     x_labels: list[str] = []
     for c in comparison["candidates"]:
@@ -81,17 +121,21 @@ def write_report(
         loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    labelled = comparison["labelled"]
     html = environment.get_template("report.html.j2").render(
         model_name=Path(comparison["reference"]["model"]).name,
+        task=comparison["task"],
+        rules=comparison.get("rules", {}),
         images=comparison["images"],
         skipped=comparison.get("skipped_images", 0),
-        labelled=labelled,
+        labelled=comparison["labelled"],
+        preprocess=comparison.get("preprocess", ""),
         coverage_note=comparison.get("note"),
-        reference=comparison["reference"],
+        table=_metric_table(comparison, speed),
+        details=[t for c in comparison["candidates"] for t in _detail_tables(c)],
         candidates=candidates,
         batch_sizes=sorted({row["batch"] for row in speed_rows}),
         speed=speed,
+        speed_error=comparison.get("speed_error"),
         sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
         layer_images=comparison.get("layer_images", comparison["images"]),
@@ -101,8 +145,8 @@ def write_report(
         provenance=dict(provenance or {}),
         json_name=out_json.name,
     )
-    document = {"comparison": comparison, "speed": list(speed_rows), "provenance": dict(provenance or {}),
-                "sufficiency": sufficiency}
+    document = {"comparison": _without_images(comparison), "speed": list(speed_rows),
+                "provenance": dict(provenance or {}), "sufficiency": sufficiency}
     write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json

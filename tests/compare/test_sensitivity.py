@@ -4,10 +4,13 @@ import pytest
 from PIL import Image
 
 from calibkit.calib.registry import TensorRange, compute_ranges, get_calibrator
-from calibkit.compare.sensitivity import ImageCache, fit_accuracy_budget, layer_sensitivity, loss, quantizable_nodes
-from calibkit.data.images import discover_images
+from calibkit.compare.sensitivity import ImageCache, fit_accuracy_budget, layer_sensitivity, quantizable_nodes
+from calibkit.data.images import ImageItem, discover_images
+from calibkit.data.loader import Batch
 from calibkit.data.preprocess import Preprocess, decode_image
+from calibkit.errors import CalibkitError
 from calibkit.stats.collect import collect_statistics
+from calibkit.workflow import model_task
 
 SPEC = Preprocess(size=(32, 32))
 
@@ -24,6 +27,14 @@ def colour_images(folder, count=60, seed=0):
     return discover_images(folder)
 
 
+def cache_of(items, labels=None):
+    arrays = np.stack([SPEC(decode_image(i.path)) for i in items])
+    if labels is not None:
+        items = [ImageItem(i.path, int(label)) for i, label in zip(items, labels)]
+    return ImageCache([Batch(arrays[k : k + 16], list(items[k : k + 16]), [(32, 32)] * len(items[k : k + 16]))
+                       for k in range(0, len(items), 16)])
+
+
 @pytest.fixture(scope="module")
 def setup(small_model, tmp_path_factory):
     items = colour_images(tmp_path_factory.mktemp("sens"))
@@ -31,25 +42,27 @@ def setup(small_model, tmp_path_factory):
     ranges = compute_ranges(stats.tensors, get_calibrator("minmax"))
     broken = dict(ranges)
     broken["flat"] = TensorRange(ranges["flat"].amax / 200, 0.0, 0.0)  # the classifier's input, clipped hard
-    arrays = np.stack([SPEC(decode_image(i.path)) for i in items])
-    fp32 = ImageCache(arrays, None).logits(small_model)
+    fp32 = np.concatenate([o["logits"] for o in cache_of(items).outputs(small_model)])
     assert len(set(fp32.argmax(1))) > 1, "test needs varied predictions"
-    return broken, ImageCache(arrays, fp32.argmax(1))
+    labelled = cache_of(items, fp32.argmax(1))
+    task = model_task(small_model, SPEC, "classification", items=labelled.batches[0].items)
+    return broken, labelled, task, items
 
 
 def test_a_deliberately_broken_layer_ranks_first(small_model, setup):
-    broken, cache = setup
-    ranking = layer_sensitivity(small_model, broken, cache)
-    assert ranking[0]["node"] == "fc" and ranking[0]["kl_gain"] > 0
+    broken, cache, task, _ = setup
+    ranking = layer_sensitivity(small_model, broken, cache, task)
+    assert ranking[0]["node"] == "fc" and ranking[0]["drift_gain"] > 0
     assert {r["node"] for r in ranking} == set(quantizable_nodes(small_model)) == {"conv1", "conv2", "conv3", "fc"}
 
 
 def test_budget_keeps_the_fewest_layers_in_float(small_model, setup, tmp_path):
-    broken, cache = setup
-    ranking = [r["node"] for r in layer_sensitivity(small_model, broken, cache)]
-    loose = fit_accuracy_budget(small_model, broken, cache, ranking, 100.0, tmp_path / "loose")
+    broken, cache, task, _ = setup
+    ranking = [r["node"] for r in layer_sensitivity(small_model, broken, cache, task)]
+    loose = fit_accuracy_budget(small_model, broken, cache, task, ranking, 100.0, tmp_path / "loose")
     assert loose.met and loose.kept_float == [] and len(loose.steps) == 1
-    strict = fit_accuracy_budget(small_model, broken, cache, ranking, 0.0, tmp_path / "strict")
+    strict = fit_accuracy_budget(small_model, broken, cache, task, ranking, 0.0, tmp_path / "strict")
+    assert strict.metric == "top1", "labels present: the budget limits the top-1 drop"
     assert strict.steps[0]["loss"] > 0, "the broken range must cost accuracy"
     assert strict.met and strict.kept_float[0] == "fc" and strict.steps[-1]["loss"] <= 0.0
     assert all(step["loss"] > 0 for step in strict.steps[:-1]), "stopped at the first k within budget"
@@ -59,19 +72,11 @@ def test_budget_keeps_the_fewest_layers_in_float(small_model, setup, tmp_path):
     assert fc.input[1] == "wf", "fc should keep float weights"
 
 
-def test_loss_uses_labels_when_present():
-    reference = np.eye(4)
-    candidate = np.eye(4)[[0, 1, 3, 2]]
-    assert loss(reference, candidate, None) == pytest.approx(50.0)
-    assert loss(reference, candidate, np.array([0, 1, 3, 3])) == pytest.approx(0.0)
-
-
 def test_budget_metric_agreement_ignores_labels_and_top1_needs_them(small_model, setup, tmp_path):
-    broken, cache = setup
-    result = fit_accuracy_budget(small_model, broken, cache, ["fc"], 100.0, tmp_path / "a", metric="agreement")
-    assert result.metric == "agreement" and "top1" in result.steps[0], "top-1 is still reported beside"
-    from calibkit.errors import CalibkitError
-
+    broken, cache, task, items = setup
+    result = fit_accuracy_budget(small_model, broken, cache, task, ["fc"], 100.0, tmp_path / "a", metric="agreement")
+    assert result.metric == "agreement" and result.steps[0]["metrics"]["top1"] is not None, "top-1 still reported"
+    unlabelled = model_task(small_model, SPEC, "classification", items=items)
     with pytest.raises(CalibkitError, match="needs labelled images"):
-        fit_accuracy_budget(small_model, broken, ImageCache(cache.arrays, None), ["fc"], 1.0, tmp_path / "b",
+        fit_accuracy_budget(small_model, broken, cache_of(items), unlabelled, ["fc"], 1.0, tmp_path / "b",
                             metric="top1")

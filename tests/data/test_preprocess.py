@@ -79,3 +79,41 @@ def test_validation_errors():
         Preprocess(interpolation="lanczos9")
     with pytest.raises(CalibkitError, match="std"):
         Preprocess(std=(1.0, 0.0, 1.0))
+
+
+def test_stretch_with_bgr_and_plain_scaling():
+    pixels = _gradient(4, 8)
+    spec = Preprocess(size=(4, 8), resize="stretch", channel_order="BGR", mean=(0, 0, 0), std=(255, 255, 255),
+                      interpolation="nearest")
+    got = spec(Image.fromarray(pixels))
+    np.testing.assert_allclose(got, (pixels[..., ::-1] / 255).transpose(2, 0, 1), atol=1e-6)
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_evenly():
+    pixels = np.full((4, 8, 3), 200, np.uint8)
+    spec = Preprocess(size=(8, 8), resize="letterbox", pad_value=114, mean=(0, 0, 0), std=(1, 1, 1),
+                      interpolation="nearest", layout="NHWC")
+    got = spec(Image.fromarray(pixels))
+    assert (got[:2] == 114).all() and (got[6:] == 114).all() and (got[2:6] == 200).all()
+    np.testing.assert_allclose(spec.to_image_coords(np.array([[0, 2, 8, 6]]), (8, 4)), [[0, 0, 8, 4]])
+
+
+def test_pad_right_scales_to_the_height_and_pads_the_width():
+    pixels = np.full((10, 20, 3), 50, np.uint8)
+    spec = Preprocess(size=(5, 16), resize="pad-right", pad_value=127.5, mean=(0, 0, 0), std=(1, 1, 1),
+                      interpolation="nearest", layout="NHWC")
+    got = spec(Image.fromarray(pixels))
+    assert (got[:, :10] == 50).all() and (got[:, 10:] == 128).all()  # 127.5 rounds to 128 on 8 bits
+
+
+def test_crop_of_the_whole_short_side_never_leaves_the_image():
+    # 225 px wide: crop_fraction 1.0 used to compute a box 1e-14 px outside the image and raise
+    image = Image.fromarray(np.zeros((329, 225, 3), np.uint8))
+    assert Preprocess(size=(224, 224), crop_fraction=1.0)(image).shape == (3, 224, 224)
+
+
+def test_a_dynamic_model_size_needs_an_explicit_size():
+    with pytest.raises(CalibkitError, match="pass --size"):
+        fit_to_model(Preprocess(), None, None, "NCHW", "m.onnx")
+    assert fit_to_model(Preprocess(), None, None, "NCHW", "m.onnx", (48, 320)).size == (48, 320)
+    assert fit_to_model(Preprocess(), 224, 224, "NCHW", "m.onnx").size == (224, 224)

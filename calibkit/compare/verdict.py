@@ -1,0 +1,86 @@
+"""Verdicts in words: a candidate is unusable when it meets one of its task's default rules (or the
+user's ``--unusable-if``), and fails a gate when it meets one of ``--fail-on``. Rules read
+``METRIC<VALUE`` (also ``<=``, ``>``, ``>=``), with the task's metric keys or ``output_sqnr``
+(the lowest SQNR over the model's outputs, dB); dashes and underscores are interchangeable.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from calibkit.errors import CalibkitError
+
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_RULE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+# Metric names of earlier calibkit versions and their spelling here.
+ALIASES = {"top1_agreement": "agreement", "mean_kl": "kl", "sqnr": "output_sqnr"}
+COMMON_METRICS = ("output_sqnr",)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``metric op value``: met (the candidate is flagged) when ``op(metric, value)`` holds."""
+
+    metric: str
+    op: str
+    value: float
+
+    def met(self, metrics: Mapping[str, float | None]) -> bool | None:
+        """True or False; None when the metric was not measured (no labels, ...)."""
+        value = metrics.get(self.metric)
+        if value is None:
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return True
+        return _OPS[self.op](value, self.value)
+
+    def describe(self, metrics: Mapping[str, float | None]) -> str:
+        value = metrics.get(self.metric)
+        shown = "not measured" if value is None else f"{value:.4g}"
+        return f"{self.metric.replace('_', '-')} {shown} {self.op} {self.value:g}"
+
+    def __str__(self) -> str:
+        return f"{self.metric.replace('_', '-')}{self.op}{self.value:g}"
+
+
+def parse_rule(text: str, allowed: Sequence[str]) -> Rule:
+    """Parse ``recall<0.95``; the metric must be one of ``allowed`` (checked before any inference)."""
+    found = _RULE.match(text)
+    if not found:
+        raise CalibkitError(f"rule {text!r} not understood; write METRIC<VALUE, e.g. recall<0.95 or top1-drop>1")
+    metric = found.group(1).replace("-", "_")
+    metric = ALIASES.get(metric, metric)
+    if metric not in allowed:
+        names = ", ".join(m.replace("_", "-") for m in allowed)
+        raise CalibkitError(f"rule {text!r}: no metric {found.group(1)!r} for this task; use one of {names}")
+    return Rule(metric, found.group(2), float(found.group(3)))
+
+
+def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail_on: Sequence[Rule]) -> dict:
+    """``{status, reasons}``: ``unusable``, ``fails gate`` or ``usable``; a gate whose metric was not
+    measured fails (a gate nobody can check is not passed)."""
+    unusable = [rule.describe(metrics) for rule in unusable_if if rule.met(metrics)]
+    failed = [rule.describe(metrics) for rule in fail_on if rule.met(metrics) in (True, None)]
+    if metrics.get("nonfinite_outputs"):
+        unusable.insert(0, f"{int(metrics['nonfinite_outputs'])} output values are NaN or infinite")
+    status = "unusable" if unusable else "fails gate" if failed else "usable"
+    return {"status": status, "reasons": unusable + failed, "unusable": unusable, "failed_gates": failed}
+
+
+def verdict_line(name: str, verdict: Mapping) -> str:
+    """The sentence a person reads, e.g. ``int8 entropy2: UNUSABLE (recall 0 < 0.5)``."""
+    if verdict["status"] == "usable":
+        return f"{name}: usable"
+    return f"{name}: {verdict['status'].upper()} ({'; '.join(verdict['reasons'])})"
+
+
+def rules_for(task, fail_on: Sequence[str] = (), unusable_if: Sequence[str] | None = None) -> tuple[list[Rule], list[Rule]]:
+    """The task's unusable rules (or ``unusable_if``) and the ``fail_on`` gates, parsed and checked
+    against the task's metrics before any inference runs."""
+    allowed = [*task.metric_keys(), *COMMON_METRICS]
+    chosen = task.unusable_if if unusable_if is None else unusable_if
+    return [parse_rule(r, allowed) for r in chosen], [parse_rule(r, allowed) for r in fail_on]

@@ -1,0 +1,203 @@
+"""Detection: boxes decoded from the model's head, compared with FP32's own detections (precision,
+recall, F1, AP50, AP50:95 per class and overall) and, with a COCO annotations file, true mAP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from calibkit.data.loader import Batch
+from calibkit.data.preprocess import Preprocess, decode_image
+from calibkit.errors import CalibkitError
+from calibkit.tasks.base import Metric, Option, OutputInfo, Scorer, Task, TaskContext
+from calibkit.tasks.boxes import Detections
+from calibkit.tasks.detection_heads import HEADS, find_head, load_postprocess, user_decoder
+from calibkit.tasks.detection_metrics import MatchCounts, coco_ap, evaluate_coco, match, prf
+from calibkit.tasks.registry import register_task
+
+# Detections kept for AP are those above this score (COCO practice); the confident ones (``score``)
+# are the pseudo ground truth and what precision/recall count.
+AP_MIN_SCORE = 0.05
+
+
+class CocoLabels:
+    """A COCO annotations file, matched to images by file name; classes map to sorted category ids."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            self.images = {Path(im["file_name"]).name: im for im in data["images"]}
+            self.annotations = data["annotations"]
+            self.categories = sorted(data["categories"], key=lambda c: c["id"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CalibkitError(f"{path}: not a COCO annotations file ({type(exc).__name__}: {exc}); "
+                                "pass a JSON with images, annotations and categories") from exc
+        self.cat_ids = [c["id"] for c in self.categories]
+
+    def evaluate(self, detections: Sequence[tuple[str, np.ndarray, Detections]]) -> dict:
+        """COCO AP of ``(file name, boxes in image pixels, detections)`` over the images they cover."""
+        covered = [self.images[name] for name, _, _ in detections if name in self.images]
+        ids = {im["id"] for im in covered}
+        results = [
+            {"image_id": self.images[name]["id"], "category_id": self.cat_ids[int(cls)], "score": float(score),
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            for name, boxes, det in detections if name in self.images
+            for b, score, cls in zip(boxes.tolist(), det.scores, det.classes) if int(cls) < len(self.cat_ids)
+        ]
+        annotations = [a for a in self.annotations if a["image_id"] in ids]
+        return evaluate_coco(covered, annotations, self.categories, results, self.cat_ids)
+
+
+class DetectionScorer(Scorer):
+    """Per image: matching counts at the confidence threshold; all detections kept for COCO AP."""
+
+    def __init__(self, task: "Detection") -> None:
+        self.task = task
+        self.counts = MatchCounts()
+        self.reference: list[Detections] = []
+        self.candidate: list[Detections] = []
+        self.items: list[tuple[Path, tuple[int, int]]] = []
+        self.image_f1: list[float] = []
+
+    def add(self, reference: Sequence[Detections], candidate: Sequence[Detections], batch: Batch) -> None:
+        score, iou = self.task.settings["score"], self.task.settings["match_iou"]
+        for ref, cand, item, size in zip(reference, candidate, batch.items, batch.sizes):
+            counts = match(ref.above(score), cand.above(score), iou)
+            self.counts.add(counts)
+            self.image_f1.append(prf(counts.tp, counts.candidates, counts.references)[2])
+            self.reference.append(ref)
+            self.candidate.append(cand)
+            self.items.append((item.path, size))
+
+    def result(self) -> dict[str, float | None]:
+        score = self.task.settings["score"]
+        precision, recall, f1 = prf(self.counts.tp, self.counts.candidates, self.counts.references)
+        ap = coco_ap([r.above(score) for r in self.reference], self.candidate)
+        n = max(len(self.reference), 1)
+        out = {"precision": precision, "recall": recall, "f1": f1, "ap50": ap["ap50"], "ap": ap["ap"],
+               "boxes_per_image": self.counts.candidates / n, "map": None, "map50": None, "map_drop": None}
+        labels = self.task.coco
+        if labels is not None:
+            truth = labels.evaluate(self._in_image_pixels(self.candidate))
+            ref_truth = labels.evaluate(self._in_image_pixels(self.reference))
+            out.update({"map": 100 * truth["ap"], "map50": 100 * truth["ap50"],
+                        "map_drop": 100 * (ref_truth["ap"] - truth["ap"])})
+        return out
+
+    def details(self) -> dict:
+        """Per class: reference boxes, candidate boxes, precision, recall, F1 and AP against FP32."""
+        score = self.task.settings["score"]
+        ap = coco_ap([r.above(score) for r in self.reference], self.candidate)["per_class"]
+        names = self.task.class_names
+        rows = []
+        for cls, (tp, cand, ref) in sorted(self.counts.per_class.items()):
+            precision, recall, f1 = prf(tp, cand, ref)
+            rows.append({"class": names[cls] if cls < len(names) else str(cls), "fp32_boxes": ref,
+                         "candidate_boxes": cand, "precision": precision, "recall": recall, "f1": f1,
+                         "ap50": ap.get(cls, {}).get("ap50"), "ap": ap.get(cls, {}).get("ap")})
+        return {"per_class": rows, "score_threshold": score, "head": self.task.head,
+                "fp32_boxes_per_image": self.counts.references / max(len(self.reference), 1)}
+
+    def examples(self, preprocess: Preprocess, limit: int) -> list[dict]:
+        """The images with the lowest F1 against FP32, FP32's boxes (left) beside the candidate's (right)."""
+        score = self.task.settings["score"]
+        worst = [i for i in np.argsort(self.image_f1, kind="stable")[:limit] if self.image_f1[i] < 1.0]
+        figures = []
+        for index in worst:
+            path, _ = self.items[index]
+            view = preprocess.geometry(decode_image(path))
+            left = draw(view, self.reference[index].above(score), (0, 160, 0))
+            right = draw(view, self.candidate[index].above(score), (200, 0, 0))
+            figures.append({"caption": f"{path.name}: FP32 {len(self.reference[index].above(score))} boxes (left), "
+                                       f"candidate {len(self.candidate[index].above(score))} (right), "
+                                       f"F1 {self.image_f1[index]:.2f}",
+                            "png_base64": side_by_side(left, right)})
+        return figures
+
+    def _in_image_pixels(self, detections: Sequence[Detections]) -> list[tuple[str, np.ndarray, Detections]]:
+        preprocess = self.task.context.preprocess
+        return [(path.name, preprocess.to_image_coords(det.boxes, size), det)
+                for (path, size), det in zip(self.items, detections)]
+
+
+def draw(image: Image.Image, detections: Detections, colour: tuple[int, int, int]) -> Image.Image:
+    canvas = image.copy()
+    pen = ImageDraw.Draw(canvas)
+    width = max(1, round(max(canvas.size) / 300))
+    for box in detections.boxes.tolist():
+        pen.rectangle(box, outline=colour, width=width)
+    return canvas
+
+
+def side_by_side(left: Image.Image, right: Image.Image, max_width: int = 900) -> str:
+    """Both images in one PNG (4 px gap), scaled to ``max_width``, as base64 for an inline <img>."""
+    gap = 4
+    joined = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height)), (255, 255, 255))
+    joined.paste(left, (0, 0))
+    joined.paste(right, (left.width + gap, 0))
+    if joined.width > max_width:
+        joined = joined.resize((max_width, round(joined.height * max_width / joined.width)), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    joined.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@register_task
+class Detection(Task):
+    name = "detection"
+    description = "boxes, scores and classes from a detector head (or a model that ends in NMS)"
+    metrics = (
+        Metric("recall", "recall vs FP32", True, "{:.3f}"),
+        Metric("precision", "precision vs FP32", True, "{:.3f}"),
+        Metric("f1", "F1 vs FP32", True, "{:.3f}"),
+        Metric("ap50", "AP50 vs FP32", True, "{:.3f}"),
+        Metric("ap", "AP50:95 vs FP32", True, "{:.3f}"),
+        Metric("boxes_per_image", "boxes / image", True, "{:.1f}", versus_fp32=False),
+        Metric("map", "mAP (labels) %", True, versus_fp32=False, labels=True),
+        Metric("map50", "mAP50 (labels) %", True, versus_fp32=False, labels=True),
+        Metric("map_drop", "mAP drop (points)", False, labels=True),
+    )
+    unusable_if = ("recall<0.5", "precision<0.5")
+    options = {
+        "head": Option(str, "", f"head layout: {', '.join(HEADS)} (default: recognised from the outputs)"),
+        "score": Option(float, 0.4, "confidence above which a detection counts (FP32's are the pseudo ground truth)"),
+        "nms_iou": Option(float, 0.5, "IoU of class-wise NMS for heads without NMS"),
+        "match_iou": Option(float, 0.5, "IoU at which a candidate box matches an FP32 box"),
+        "coco": Option(str, "", "COCO annotations JSON: true mAP of every model (images matched by file name)"),
+        "classes": Option(str, "", "class names, comma-separated, for the per-class table"),
+        "postprocess": Option(str, "", "module:function or file.py:function decoding outputs yourself"),
+    }
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        if self.settings["postprocess"]:
+            self.head, self.decoder = "postprocess", user_decoder(load_postprocess(self.settings["postprocess"]))
+        else:
+            self.head, self.decoder = find_head(context.outputs, context.input_size, self.settings["head"])
+        self.coco = CocoLabels(Path(self.settings["coco"])) if self.settings["coco"] else None
+        self.class_names = [c.strip() for c in self.settings["classes"].split(",") if c.strip()]
+        if not self.class_names and self.coco is not None:
+            self.class_names = [c.get("name", str(c["id"])) for c in self.coco.categories]
+
+    @classmethod
+    def detect(cls, outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> bool:
+        """Only the multi-output layouts are unambiguous; one 3-D output may be a CTC sequence too."""
+        if len(outputs) < 2:
+            return False
+        return any(matcher(outputs, input_size) is not None for matcher in HEADS.values())
+
+    def decode(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[Detections]:
+        return self.decoder(outputs, self.context.input_size, min(AP_MIN_SCORE, self.settings["score"]),
+                            self.settings["nms_iou"])
+
+    def scorer(self) -> DetectionScorer:
+        return DetectionScorer(self)
+
+    def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
+        return 100 * (1 - float(result["f1"])), "f1"

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from calibkit.data.images import ImageItem
+from calibkit.data.loader import Batch
+from calibkit.tasks.ocr_ctc import CtcScorer, ctc_greedy, edit_distance
+
+
+def one_hot(path, symbols=4):
+    return np.eye(symbols)[path]
+
+
+def test_greedy_ctc_collapses_repeats_and_drops_blanks():
+    # blank, a, a, blank, a, b, b, blank -> "a a b": a blank separates the two a's
+    assert ctc_greedy(one_hot([[0, 1, 1, 0, 1, 2, 2, 0]])) == [(1, 1, 2)]
+    assert ctc_greedy(one_hot([[0, 0, 0]])) == [()]
+
+
+@pytest.mark.parametrize("a,b,expected", [((1, 1, 2), (1, 2), 1), ((), (3, 3), 2), ((1, 2, 3), (3, 2, 1), 2),
+                                          ((1, 2, 3, 4), (1, 3, 4), 1), ((5,), (5,), 0)])
+def test_edit_distance(a, b, expected):
+    assert edit_distance(a, b) == expected
+
+
+def test_scorer_exact_agreement_and_character_error_rate():
+    scorer = CtcScorer()
+    batch = Batch(np.zeros((2, 1)), [ImageItem("a"), ImageItem("b")], [(1, 1)] * 2)
+    scorer.add([(1, 1, 2), (3, 3)], [(1, 2), (3, 3)], batch)
+    result = scorer.result()
+    assert result["exact"] == pytest.approx(50.0)
+    assert result["cer"] == pytest.approx(100 * 1 / 5)

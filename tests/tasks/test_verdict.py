@@ -1,0 +1,35 @@
+import math
+
+import pytest
+
+from calibkit.compare.verdict import judge, parse_rule, verdict_line
+from calibkit.errors import CalibkitError
+
+KEYS = ["recall", "top1_drop", "agreement", "output_sqnr"]
+
+
+def test_rules_parse_with_dashes_and_aliases():
+    assert str(parse_rule("top1-drop>1", KEYS)) == "top1-drop>1"
+    assert parse_rule("top1_agreement < 99.5", KEYS).metric == "agreement"
+    with pytest.raises(CalibkitError, match="no metric 'map'"):
+        parse_rule("map<0.5", KEYS)
+    with pytest.raises(CalibkitError, match="not understood"):
+        parse_rule("recall is low", KEYS)
+
+
+def test_a_candidate_that_finds_nothing_is_called_unusable():
+    verdict = judge({"recall": 0.0, "output_sqnr": 3.0}, [parse_rule("recall<0.5", KEYS)], [])
+    assert verdict["status"] == "unusable"
+    assert verdict_line("int8 entropy2", verdict) == "int8 entropy2: UNUSABLE (recall 0 < 0.5)"
+
+
+def test_gates_fail_and_unmeasured_gates_fail_too():
+    gate = [parse_rule("top1-drop>1", KEYS)]
+    assert judge({"top1_drop": 0.5}, [], gate)["status"] == "usable"
+    assert judge({"top1_drop": 1.5}, [], gate)["status"] == "fails gate"
+    assert judge({"top1_drop": None}, [], gate)["failed_gates"] == ["top1-drop not measured > 1"]
+
+
+def test_nan_outputs_make_a_candidate_unusable():
+    verdict = judge({"recall": math.nan, "nonfinite_outputs": 12.0}, [parse_rule("recall<0.5", KEYS)], [])
+    assert verdict["status"] == "unusable" and "NaN or infinite" in verdict["reasons"][0]

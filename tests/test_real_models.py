@@ -1,0 +1,80 @@
+"""Real Paddle-exported models (detector, OCR detector, recogniser, direction classifier) end to end through
+the CLI in a subprocess, as a user runs them: the right task, its metrics, and broken candidates called broken."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def calibkit(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def calibrate_then_compare(model, calib, evaluate, out, preprocess, methods, *extra):
+    run = out / "run"
+    done = calibkit("calibrate", "--model", model, "--images", calib, "--out", run, "--samples", 0,
+                    "--method", methods, *preprocess)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = calibkit("compare", "--model", model, "--images", evaluate, "--candidates", f"int8:{run},fp16",
+                    "--out", out / "report", "--bench-batch-sizes", 1, *preprocess, *extra)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    document = json.loads((out / "report" / "report.json").read_text())
+    return document, (out / "report" / "report.html").read_text(), done.stderr
+
+
+def peak_gb(document) -> float:
+    return float(document["provenance"]["peak RSS so far (GB)"])
+
+
+def test_picodet_layout_detector(paddle_models, doc_pages, tmp_path):
+    document, html, err = calibrate_then_compare(
+        paddle_models / "layout_cdla.onnx", doc_pages["calib"], doc_pages["eval"], tmp_path,
+        ["--preset", "paddle-det"], "entropy2,percentile:99.99")
+    comparison = document["comparison"]
+    assert comparison["task"]["name"] == "detection", "eight GFL outputs are recognised as a detector"
+    assert comparison["reference"]["metrics"]["boxes_per_image"] > 2
+    candidates = {c["name"]: c for c in comparison["candidates"]}
+    assert len(candidates["fp16"]["outputs"]) == 8, "every output is compared"
+    assert candidates["fp16"]["metrics"]["recall"] > 0.9 and candidates["fp16"]["verdict"]["status"] == "usable"
+    entropy = candidates["int8 entropy2"]
+    # entropy2 clips this model's first layer (issue: real-world graphs); whatever it scores, the verdict
+    # must follow the recall, never a flattened "agreement"
+    if entropy["metrics"]["recall"] < 0.5:
+        assert entropy["verdict"]["status"] == "unusable" and "int8 entropy2: UNUSABLE" in err
+    assert "top-1" not in html and "Detection metrics" in html and "data:image/png;base64," in html
+    assert peak_gb(document) < 2.0
+
+
+def test_ocr_text_detector_probability_map(paddle_models, doc_pages, tmp_path):
+    document, html, _ = calibrate_then_compare(
+        paddle_models / "ch_PP-OCRv4_det_infer.onnx", doc_pages["calib"], doc_pages["eval"], tmp_path,
+        ["--preset", "paddle-ocr-det", "--size", "640x640"], "percentile:99.99", "--task-opt", "threshold=0.3")
+    comparison = document["comparison"]
+    assert comparison["task"]["name"] == "dense"
+    assert comparison["reference"]["metrics"]["fp32_foreground"] > 1, "pages have text"
+    for c in comparison["candidates"]:
+        assert 0 <= c["metrics"]["miou"] <= 1 and c["metrics"]["pixel_agreement"] > 50
+    assert "Dense metrics" in html and "top-5" not in html
+    assert peak_gb(document) < 2.0
+
+
+def test_ocr_recogniser_ctc(paddle_models, text_lines, tmp_path):
+    document, html, _ = calibrate_then_compare(
+        paddle_models / "ch_PP-OCRv4_rec_infer.onnx", text_lines["calib"], text_lines["eval"], tmp_path,
+        ["--preset", "paddle-ocr-rec", "--size", "48x320", "--task", "ocr-ctc"], "percentile:99.99")
+    candidates = {c["name"]: c for c in document["comparison"]["candidates"]}
+    assert candidates["fp16"]["metrics"]["cer"] < 5 and candidates["fp16"]["metrics"]["exact"] > 80
+    assert "character error rate" in html
+
+
+def test_text_direction_classifier_without_labels(paddle_models, text_lines, tmp_path):
+    document, html, err = calibrate_then_compare(
+        paddle_models / "ch_ppocr_mobile_v2.0_cls_infer.onnx", text_lines["calib"], text_lines["eval"], tmp_path,
+        ["--preset", "paddle-ocr-rec", "--size", "48x192"], "percentile:99.99")
+    comparison = document["comparison"]
+    assert comparison["task"]["name"] == "classification" and not comparison["labelled"]
+    assert all(c["metrics"]["agreement"] is not None for c in comparison["candidates"])
