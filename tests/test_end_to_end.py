@@ -24,14 +24,15 @@ def test_int8_stays_within_one_point_and_is_faster(demo_model, shared_images, tm
     document = json.loads((run / "report.json").read_text())
     comparison = document["comparison"]
     int8 = next(c for c in comparison["candidates"] if c["precision"] == "int8")
-    assert int8["accuracy"]["top1_drop"] <= 1.0
-    assert int8["agreement"]["top1_agreement"] >= 94.0
+    assert int8["metrics"]["top1_drop"] <= 1.0 and int8["verdict"]["status"] == "usable"
+    assert int8["metrics"]["agreement"] >= 94.0
     layers = int8["layers"]
     assert len(layers) > 80 and all(l["cosine"] > 0.9 for l in layers)
     speed = {(r["candidate"], r["batch"]): r for r in document["speed"]}
     assert speed[(int8["name"], 8)]["speedup"] > 1.0
     html = (run / "report.html").read_text()
     assert "int8 percentile-99.99" in html and "Histograms of the worst layers" in html
+    assert "Classification metrics" in html and "top-1 agreement with FP32" in html
 
 
 def test_demo_writes_a_complete_report(demo_model, shared_images, tmp_path, capsys):
@@ -48,7 +49,7 @@ def test_demo_writes_a_complete_report(demo_model, shared_images, tmp_path, caps
     assert (out / "minmax.mixed.qdq.onnx").is_file()
     assert [row["images"] for row in document["sufficiency"]["methods"]["minmax"]] == [50, 100]
     html = (out / "report.html").read_text()
-    for section in ("Summary", "Per-layer drift", "Layer sensitivity", "Were enough calibration images used",
+    for section in ("Verdict", "Classification metrics", "Every model output", "Per-layer drift", "Layer sensitivity", "Were enough calibration images used",
                     "Histograms of the worst layers", "Provenance"):
         assert section in html
     assert "<script src=" not in html and "<link " not in html, "report must be self-contained"

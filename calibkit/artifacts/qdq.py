@@ -47,6 +47,10 @@ def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> list[
     return list(dict.fromkeys(matched))
 
 
+# Per-channel DequantizeLinear (axis) and integer Clip, which the ONNX Runtime target runs, need opset 13.
+MIN_QDQ_OPSET = 13
+
+
 def export_qdq(
     model_path: Path,
     ranges: Mapping[str, TensorRange],
@@ -63,7 +67,7 @@ def export_qdq(
 
     if target not in TARGETS:
         raise CalibkitError(f"unknown Q/DQ target {target!r}; use one of {TARGETS}")
-    model = load_model_with_shape_infer(Path(model_path))
+    model = _at_least_opset(load_model_with_shape_infer(Path(model_path)), MIN_QDQ_OPSET)
     _clean_inferred_copy(Path(model_path))
     table = TensorsData(
         CalibrationMethod.MinMax,
@@ -99,6 +103,20 @@ def export_qdq(
     with atomic_path(Path(out)) as tmp:
         onnx.save(quantized, str(tmp))
     return Path(out)
+
+
+def _at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to ``opset`` of the default domain when it is older (outputs unchanged)."""
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return model
+    from onnx import version_converter
+
+    try:
+        return onnx.shape_inference.infer_shapes(version_converter.convert_version(model, opset))
+    except Exception as exc:
+        raise CalibkitError(f"model opset {current} cannot be converted to {opset}, which per-channel Q/DQ "
+                            f"needs ({type(exc).__name__}); re-export the model with opset >= {opset}") from exc
 
 
 def _clean_inferred_copy(model_path: Path) -> None:

@@ -107,3 +107,19 @@ def test_exclusions_keep_matched_nodes_in_float(small_model, small_ranges, tmp_p
     with pytest.raises(CalibkitError, match="matches no node"):
         export_qdq(small_model, ranges, tmp_path / "x.onnx", exclude=["conv99"])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_opset_11_model_exports_loadable_models(small_model, tmp_path):
+    from calibkit.calib.registry import TensorRange
+    from calibkit.onnx_model import float_activations
+
+    old = onnx.load(str(small_model))
+    old.opset_import[0].version = 11  # every op of the small model means the same at opset 11
+    onnx.checker.check_model(old)
+    path = tmp_path / "opset11.onnx"
+    onnx.save(old, str(path))
+    ranges = {name: TensorRange(4.0, -4.0, 4.0) for name in float_activations(old)}
+    for target in ("tensorrt", "onnxruntime"):
+        out = export_qdq(path, ranges, tmp_path / f"{target}.onnx", target=target)
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 10)
