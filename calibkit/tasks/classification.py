@@ -17,8 +17,10 @@ from calibkit.tasks.registry import register_task
 class ClassificationScorer(Scorer):
     """Running counts: label hits of the candidate and the reference, agreements and KL."""
 
-    def __init__(self, use_labels: bool) -> None:
+    def __init__(self, use_labels: bool, classes: int | None) -> None:
         self.use_labels = use_labels
+        # top-5 says nothing with five classes or fewer: it always holds
+        self.top5_applies = classes is None or classes > 5
         self.images = 0
         self.hits = {"top1": 0, "top5": 0, "ref_top1": 0, "ref_top5": 0}
         self.agree = 0
@@ -48,6 +50,8 @@ class ClassificationScorer(Scorer):
             for key in ("top1", "top5"):
                 out[key] = 100 * self.hits[key] / n
                 out[f"{key}_drop"] = 100 * (self.hits[f"ref_{key}"] - self.hits[key]) / n
+        if not self.top5_applies:
+            out.update(top5=None, top5_drop=None, top5_overlap=None)
         return out
 
 
@@ -90,7 +94,7 @@ class Classification(Task):
         return list(logits.reshape(len(logits), -1))
 
     def scorer(self) -> ClassificationScorer:
-        return ClassificationScorer(self.use_labels)
+        return ClassificationScorer(self.use_labels, self.classes)
 
     def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
         if metric == "top1" or (metric == "auto" and result.get("top1_drop") is not None):

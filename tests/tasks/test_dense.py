@@ -41,3 +41,4 @@ def test_task_detection_from_outputs():
     assert detect_task([OutputInfo("logits", (None, 1000))], size) == "classification"
     with pytest.warns(UserWarning, match="--task"):
         assert detect_task([OutputInfo("seq", (None, None, 6625))], size) == "generic"
+
