@@ -17,7 +17,7 @@ from calibkit.onnx_model import activation_bytes, constant_values, float_activat
 from calibkit.progress import progress
 
 # Bytes per image of exposed tensors (reference plus candidates) held at once in the per-layer pass.
-LAYER_GROUP_BYTES = 384 << 20
+LAYER_GROUP_BYTES = 256 << 20
 # Bytes of exposed tensors the per-layer pass may read over all its images: large models get fewer
 # images (at least MIN_LAYER_IMAGES) instead of a pass many times longer than the comparison itself.
 LAYER_TRAFFIC_BYTES = 48 << 30
