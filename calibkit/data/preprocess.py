@@ -92,53 +92,46 @@ class Preprocess:
         return (f"{self.name}: {geometry}, {self.interpolation}; {self.channel_order}; (x - [{mean}]) / [{std}]; "
                 f"{self.layout}")
 
-    def geometry(self, image: Image.Image) -> Image.Image:
-        """``image`` resized (and cropped or padded) to ``size``: what the model sees, before normalising."""
+    def placement(self, image_size: tuple[int, int]) -> tuple[tuple[float, float, float, float], tuple[int, int],
+                                                             tuple[int, int]]:
+        """Where an image of ``image_size`` (w, h) lands in the input: the source box that is used, the
+        size it is resized to, and its offset on the canvas; one place for every resize mode."""
         if self.size is None:
             raise CalibkitError("preprocessing has no input size; pass --size HxW for a model with a dynamic size")
-        width, height = image.size
+        width, height = image_size
         target_h, target_w = self.size
-        resample = _RESAMPLE[self.interpolation]
+        whole = (0.0, 0.0, float(width), float(height))
         if self.resize == "stretch":
-            return image.resize((target_w, target_h), resample)
+            return whole, (target_w, target_h), (0, 0)
         if self.resize == "crop":
             scale = self.crop_fraction * min(width / target_w, height / target_h)
             crop_w, crop_h = min(target_w * scale, width), min(target_h * scale, height)
             left, top = max((width - crop_w) / 2, 0.0), max((height - crop_h) / 2, 0.0)
-            return image.resize((target_w, target_h), resample, box=(left, top, left + crop_w, top + crop_h))
+            return (left, top, left + crop_w, top + crop_h), (target_w, target_h), (0, 0)
         if self.resize == "letterbox":
             scale = min(target_w / width, target_h / height)
             new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-            offset = ((target_w - new_w) // 2, (target_h - new_h) // 2)
-        else:
-            new_h = target_h
-            new_w = max(1, min(target_w, math.ceil(target_h * width / height)))
-            offset = (0, 0)
-        fill = (round(self.pad_value),) * 3
-        canvas = Image.new("RGB", (target_w, target_h), fill)
-        canvas.paste(image.resize((new_w, new_h), resample), offset)
+            return whole, (new_w, new_h), ((target_w - new_w) // 2, (target_h - new_h) // 2)
+        new_w = max(1, min(target_w, math.ceil(target_h * width / height)))
+        return whole, (new_w, target_h), (0, 0)
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        """``image`` resized (and cropped or padded) to ``size``: what the model sees, before normalising."""
+        box, resized_size, offset = self.placement(image.size)
+        resized = image.resize(resized_size, _RESAMPLE[self.interpolation], box=box)
+        target_h, target_w = self.size
+        if resized_size == (target_w, target_h):
+            return resized
+        canvas = Image.new("RGB", (target_w, target_h), (round(self.pad_value),) * 3)
+        canvas.paste(resized, offset)
         return canvas
 
     def to_image_coords(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """Map xyxy ``boxes`` in model-input pixels back onto the decoded image of ``image_size`` (w, h)."""
-        width, height = image_size
-        target_h, target_w = self.size or (height, width)
-        offset, scale = np.zeros(2), np.array([width / target_w, height / target_h])
-        if self.resize == "crop":
-            crop = self.crop_fraction * min(width / target_w, height / target_h)
-            crop_w, crop_h = min(target_w * crop, width), min(target_h * crop, height)
-            offset = np.array([max((width - crop_w) / 2, 0.0), max((height - crop_h) / 2, 0.0)])
-            scale = np.array([crop_w / target_w, crop_h / target_h])
-        elif self.resize == "letterbox":
-            fit = min(target_w / width, target_h / height)
-            new_w, new_h = max(1, round(width * fit)), max(1, round(height * fit))
-            pad = np.array([(target_w - new_w) // 2, (target_h - new_h) // 2])
-            scale = np.array([width / new_w, height / new_h])
-            offset = -pad * scale
-        elif self.resize == "pad-right":
-            new_w = max(1, min(target_w, math.ceil(target_h * width / height)))
-            scale = np.array([width / new_w, height / target_h])
-        return np.asarray(boxes, np.float64) * np.tile(scale, 2) + np.tile(offset, 2)
+        (left, top, right, bottom), (new_w, new_h), (dx, dy) = self.placement(image_size)
+        scale = np.array([(right - left) / new_w, (bottom - top) / new_h])
+        origin = np.array([left, top]) - np.array([dx, dy]) * scale
+        return np.asarray(boxes, np.float64) * np.tile(scale, 2) + np.tile(origin, 2)
 
     def normalise(self, resized: Image.Image) -> np.ndarray:
         """Float32 array in ``layout`` without the batch axis, from the output of :meth:`geometry`."""
