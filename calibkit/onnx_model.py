@@ -44,6 +44,17 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [inp for inp in model.graph.input if inp.name not in initializers]
 
 
+def tensor_dims(info: onnx.ValueInfoProto) -> tuple[int | None, ...]:
+    """The declared shape of a graph input or output, ``None`` for a dynamic (symbolic or unset) axis."""
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in info.type.tensor_type.shape.dim)
+
+
+def model_outputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | None, ...]]]:
+    """Name and declared shape of every graph output, in order."""
+    return [(out.name, tensor_dims(out)) for out in model.graph.output]
+
+
 def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInput:
     """Check the model takes one 4-D float image tensor with 3 channels and return its description."""
     inputs = _graph_inputs(model)
@@ -52,7 +63,7 @@ def image_input(model: onnx.ModelProto, path: Path | str = "model") -> ImageInpu
         raise CalibkitError(f"{path}: model has {len(inputs)} inputs ({names}); calibkit needs one image input")
     inp = inputs[0]
     tensor_type = inp.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+    dims = list(tensor_dims(inp))
     if tensor_type.elem_type not in _FLOAT_TYPES or len(dims) != 4:
         raise CalibkitError(
             f"{path}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)} "

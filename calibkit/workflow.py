@@ -22,7 +22,7 @@ from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.errors import CalibkitError
 from calibkit.fileio import ensure_writable_dir, write_text_atomic
-from calibkit.onnx_model import file_sha256, image_input, load_model
+from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import thumbnail_embeddings
@@ -196,11 +196,7 @@ def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
 def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
                options: Mapping[str, str] | None = None, items: Sequence[ImageItem] = ()) -> Task:
     """The task plug-in for ``model`` (detected from its outputs for ``auto``), set up for ``preprocess``."""
-    graph = load_model(model).graph
-    initializers = {init.name for init in graph.initializer}
-    outputs = [OutputInfo(o.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                                        for d in o.type.tensor_type.shape.dim))
-               for o in graph.output if o.name not in initializers]
+    outputs = [OutputInfo(name, shape) for name, shape in model_outputs(load_model(model))]
     labels = [item.label for item in items]
     num_labels = max(labels) + 1 if labels and None not in labels else None
     context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels)
