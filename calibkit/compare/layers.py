@@ -99,11 +99,47 @@ def group_by_bytes(sizes: Mapping[str, int], budget: int) -> list[list[str]]:
     return groups
 
 
+@dataclass
+class LayerPlan:
+    """Which reference activations each candidate's drift model shares (in reference order), and the
+    bytes per image of each such tensor times the number of models that expose it."""
+
+    shared: dict[str, list[str]]
+    sizes: dict[str, int]
+
+    def images(self, requested: int, traffic_bytes: int = LAYER_TRAFFIC_BYTES) -> int:
+        """How many images the per-layer pass runs: ``requested``, fewer when its activations are large."""
+        if not requested or not self.sizes:
+            return 0
+        per_image = sum(self.sizes.values())
+        return min(requested, max(MIN_LAYER_IMAGES, traffic_bytes // max(per_image, 1)))
+
+
+def plan_layers(reference: Path, drift_models: Mapping[str, Path], preprocess: Preprocess) -> LayerPlan:
+    """Read the graphs once: shared activations per candidate, sized by shape inference at the input size."""
+    graph = load_model(reference)
+    constants = set(constant_values(graph))
+    reference_tensors = [t for t in float_activations(graph)[1:] if t not in constants]
+    shared = {}
+    for name, path in drift_models.items():
+        produced = {out for node in load_model(path).graph.node for out in node.output}
+        shared[name] = [t for t in reference_tensors if t in produced]
+    h, w = preprocess.size
+    estimate = activation_bytes(graph, (1, 3, h, w) if preprocess.layout == "NCHW" else (1, h, w, 3))
+    sizes = {}
+    for tensor in reference_tensors:
+        copies = sum(tensor in names for names in shared.values())
+        if copies:
+            sizes[tensor] = estimate[tensor] * (1 + copies)
+    return LayerPlan(shared, sizes)
+
+
 def layer_drift(
     reference: Path,
     drift_models: Mapping[str, Path],
     items: Sequence[ImageItem],
     preprocess: Preprocess,
+    plan: LayerPlan,
     skip_bad: bool = False,
     budget_bytes: int = LAYER_GROUP_BYTES,
 ) -> dict[str, list[LayerDrift]]:
@@ -111,61 +147,25 @@ def layer_drift(
 
     Images run one at a time; tensors are exposed in groups of at most ``budget_bytes`` per image
     (summed over the reference and the candidates), so memory stays bounded for large inputs. With
-    more than one group, the images are decoded once per group. Use :func:`layer_images_for` to size
-    ``items``.
+    more than one group, the images are decoded once per group. ``plan.images`` sizes ``items``.
     """
-    reference_tensors = layer_tensors(reference)
-    shared = {name: _produced_in_order(reference_tensors, path) for name, path in drift_models.items()}
-    wanted = [t for t in reference_tensors if any(t in names for names in shared.values())]
+    shared = plan.shared
     drifts = {name: {t: LayerDrift(t) for t in names} for name, names in shared.items()}
-    if not wanted or not items:
+    if not plan.sizes or not items:
         return {name: list(d.values()) for name, d in drifts.items()}
-    sizes = _exposed_bytes(reference, preprocess, shared)
-    groups = group_by_bytes(sizes, budget_bytes)
+    groups = group_by_bytes(plan.sizes, budget_bytes)
     bar = progress(len(groups) * len(items), f"per-layer drift ({len(groups)} tensor group(s))")
     for group in groups:
         in_group = set(group)
         ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group)
-        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"],
-                                     expose=[t for t in names if t in in_group])
-                    for name, names in shared.items() if in_group & set(names)}
+        exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
+        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name])
+                    for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)
             for name, session in sessions.items():
-                exposed = [t for t in shared[name] if t in in_group]
-                for tensor, value in session.run(batch.array, exposed).items():
+                for tensor, value in session.run(batch.array, exposed[name]).items():
                     drifts[name][tensor].update(ref_out[tensor], value)
             bar.update(1)
     bar.close()
     return {name: list(d.values()) for name, d in drifts.items()}
-
-
-def layer_tensors(model: Path) -> list[str]:
-    """The float activations of ``model`` after its input: node outputs that are not constants."""
-    graph = load_model(model)
-    constants = set(constant_values(graph))
-    return [t for t in float_activations(graph)[1:] if t not in constants]
-
-
-def _exposed_bytes(reference: Path, preprocess: Preprocess, shared: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Bytes per image of each shared tensor, times the number of models that expose it."""
-    h, w = preprocess.size
-    estimate = activation_bytes(load_model(reference), (1, 3, h, w) if preprocess.layout == "NCHW" else (1, h, w, 3))
-    wanted = [t for t in layer_tensors(reference) if any(t in names for names in shared.values())]
-    return {t: estimate[t] * (1 + sum(t in names for names in shared.values())) for t in wanted}
-
-
-def layer_images_for(reference: Path, drift_models: Mapping[str, Path], preprocess: Preprocess, requested: int,
-                     traffic_bytes: int = LAYER_TRAFFIC_BYTES) -> int:
-    """How many images the per-layer pass runs: ``requested``, fewer when its activations are large."""
-    if not requested or not drift_models:
-        return 0
-    reference_tensors = layer_tensors(reference)
-    shared = {name: _produced_in_order(reference_tensors, path) for name, path in drift_models.items()}
-    per_image = sum(_exposed_bytes(reference, preprocess, shared).values())
-    return min(requested, max(MIN_LAYER_IMAGES, traffic_bytes // max(per_image, 1)))
-
-
-def _produced_in_order(reference_tensors: Sequence[str], candidate: Path) -> list[str]:
-    produced = {out for node in load_model(candidate).graph.node for out in node.output}
-    return [name for name in reference_tensors if name in produced]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from calibkit.backends.onnxruntime import OrtSession
-from calibkit.compare.layers import LayerDrift, layer_drift, layer_images_for
+from calibkit.compare.layers import LayerDrift, layer_drift, plan_layers
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -57,7 +57,7 @@ def compare_models(
     layer_images: int = 200,
 ) -> dict:
     """Task metrics and per-output drift on every image; per-layer drift on the first ``layer_images``
-    (fewer for models whose activations are large: see ``layer_images_for``).
+    (fewer for models whose activations are large: see ``LayerPlan.images``).
 
     ``layer_images=0`` skips the per-layer pass, the costly part of a comparison (a few hundred images
     pin SQNR down to a fraction of a dB).
@@ -87,8 +87,13 @@ def compare_models(
     if not kept:
         raise CalibkitError("every image failed to load; nothing to compare")
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
-    layer_images = layer_images_for(reference, drift_models, preprocess, min(layer_images, len(kept)))
-    layers = layer_drift(reference, drift_models, kept[:layer_images], preprocess) if layer_images else {}
+    layers: dict[str, list[LayerDrift]] = {}
+    if layer_images and drift_models:
+        plan = plan_layers(reference, drift_models, preprocess)
+        layer_images = plan.images(min(layer_images, len(kept)))
+        layers = layer_drift(reference, drift_models, kept[:layer_images], preprocess, plan)
+    else:
+        layer_images = 0
     absolute_keys = [m.key for m in task.metrics if not m.versus_fp32]
     label_keys = [m.key for m in task.metrics if m.labels]
     reference_metrics = reference_scorer.result()
