@@ -64,6 +64,7 @@ class DetectionScorer(Scorer):
         self.candidate: list[Detections] = []
         self.items: list[tuple[Path, tuple[int, int]]] = []
         self.image_f1: list[float] = []
+        self._ap: tuple[int, dict] | None = None
 
     def add(self, reference: Sequence[Detections], candidate: Sequence[Detections], batch: Batch) -> None:
         score, iou = self.task.settings["score"], self.task.settings["match_iou"]
@@ -75,10 +76,16 @@ class DetectionScorer(Scorer):
             self.candidate.append(cand)
             self.items.append((item.path, size))
 
+    def ap_vs_fp32(self) -> dict:
+        """COCO AP of the candidate's detections against FP32's confident ones, computed once per set of images."""
+        if self._ap is None or self._ap[0] != len(self.reference):
+            score = self.task.settings["score"]
+            self._ap = (len(self.reference), coco_ap([r.above(score) for r in self.reference], self.candidate))
+        return self._ap[1]
+
     def result(self) -> dict[str, float | None]:
-        score = self.task.settings["score"]
         precision, recall, f1 = prf(self.counts.tp, self.counts.candidates, self.counts.references)
-        ap = coco_ap([r.above(score) for r in self.reference], self.candidate)
+        ap = self.ap_vs_fp32()
         n = max(len(self.reference), 1)
         out = {"precision": precision, "recall": recall, "f1": f1, "ap50": ap["ap50"], "ap": ap["ap"],
                "boxes_per_image": self.counts.candidates / n, "map": None, "map50": None, "map_drop": None}
@@ -92,8 +99,7 @@ class DetectionScorer(Scorer):
 
     def details(self) -> dict:
         """Per class: reference boxes, candidate boxes, precision, recall, F1 and AP against FP32."""
-        score = self.task.settings["score"]
-        ap = coco_ap([r.above(score) for r in self.reference], self.candidate)["per_class"]
+        ap = self.ap_vs_fp32()["per_class"]
         names = self.task.class_names
         rows = []
         for cls, (tp, cand, ref) in sorted(self.counts.per_class.items()):
@@ -101,7 +107,7 @@ class DetectionScorer(Scorer):
             rows.append({"class": names[cls] if cls < len(names) else str(cls), "fp32_boxes": ref,
                          "candidate_boxes": cand, "precision": precision, "recall": recall, "f1": f1,
                          "ap50": ap.get(cls, {}).get("ap50"), "ap": ap.get(cls, {}).get("ap")})
-        return {"per_class": rows, "score_threshold": score, "head": self.task.head,
+        return {"per_class": rows, "score_threshold": self.task.settings["score"], "head": self.task.head,
                 "fp32_boxes_per_image": self.counts.references / max(len(self.reference), 1)}
 
     def examples(self, preprocess: Preprocess, limit: int) -> list[dict]:
