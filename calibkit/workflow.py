@@ -229,6 +229,8 @@ def compare_and_report(
     from calibkit.report.html import write_report
 
     unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
+    if accuracy_budget is not None:
+        task.check_budget_metric(budget_metric)
     comparison = compare_models(model, candidates, items, preprocess, task, batch_size, skip_bad)
     comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
     for c in comparison["candidates"]:

@@ -196,3 +196,13 @@ def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, c
     assert code == 3 and "int8 minmax: UNUSABLE" in err
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "int8 minmax: unusable" in html
+
+
+def test_a_budget_the_task_cannot_measure_is_refused_before_inference(small_model, image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0"]) == 0
+    code = main(["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
+                 "--out", str(tmp_path / "cmp"), "--task", "generic", "--accuracy-budget", "1"])
+    assert code == 2 and "task generic has no accuracy budget" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "report.html").exists()

@@ -44,13 +44,14 @@ def joined(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 
 def task_loss(task: Task, cache: ImageCache, reference: Sequence[list], candidate: Sequence[Mapping[str, np.ndarray]],
-              metric: str) -> tuple[float, dict]:
-    """The task's budget loss of ``candidate`` outputs against the decoded ``reference`` predictions."""
+              metric: str) -> tuple[float, str, dict]:
+    """The task's budget loss of ``candidate`` outputs against the decoded ``reference`` predictions:
+    ``(loss, metric name, all metrics)``."""
     scorer = task.scorer()
     for batch, ref_pred, out in zip(cache.batches, reference, candidate):
         scorer.add(ref_pred, task.decode(out, batch), batch)
     result = scorer.result()
-    return task.budget_loss(result, metric)[0], result
+    return (*task.budget_loss(result, metric), result)
 
 
 def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> list[str]:
@@ -95,6 +96,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
     ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). Writes
     ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k.
     """
+    task.check_budget_metric(metric)
     reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
     result = BudgetResult(budget, [])
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
@@ -102,8 +104,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
         for k in range(0, min(max_float, len(ranking)) + 1):
             excluded = list(ranking[:k])
             outputs = cache.outputs(export_qdq(model, ranges, path, excluded, "onnxruntime"))
-            lost, metrics = task_loss(task, cache, reference, outputs, metric)
-            result.metric = task.budget_loss(metrics, metric)[1]
+            lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
             result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
             if lost <= budget:
                 result.kept_float, result.met = excluded, True

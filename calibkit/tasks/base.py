@@ -95,6 +95,8 @@ class Task:
     # Default "unusable" rules, in the --fail-on syntax: a candidate that meets one is called unusable.
     unusable_if: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[Mapping[str, Option]] = {}
+    # What --budget-metric may name for this task; empty: the task has no accuracy budget.
+    budget_metrics: ClassVar[tuple[str, ...]] = ("auto",)
 
     def __init__(self, context: TaskContext) -> None:
         self.context = context
@@ -121,6 +123,14 @@ class Task:
 
     def scorer(self) -> Scorer:
         raise NotImplementedError
+
+    def check_budget_metric(self, metric: str) -> None:
+        """Refuse, before any inference, an accuracy budget this task cannot measure."""
+        if not self.budget_metrics:
+            raise CalibkitError(f"task {self.name} has no accuracy budget; drop --accuracy-budget")
+        if metric not in self.budget_metrics:
+            raise CalibkitError(f"unknown budget metric {metric!r} for task {self.name}; "
+                                f"use {', '.join(self.budget_metrics)}")
 
     def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
         """Points lost by a candidate on the task's main metric, for the accuracy budget: (loss, name)."""

@@ -69,6 +69,7 @@ class Classification(Task):
         Metric("kl", "mean KL", False, "{:.4f}"),
     )
     unusable_if = ("agreement<80",)
+    budget_metrics = ("auto", "top1", "agreement")
     options = {"output": Option(str, "", "name of the logits output (default: the first 2-D output)")}
 
     def __init__(self, context: TaskContext) -> None:
@@ -95,6 +96,11 @@ class Classification(Task):
 
     def scorer(self) -> ClassificationScorer:
         return ClassificationScorer(self.use_labels, self.classes)
+
+    def check_budget_metric(self, metric: str) -> None:
+        super().check_budget_metric(metric)
+        if metric == "top1" and not self.use_labels:
+            raise CalibkitError("--budget-metric top1 needs labelled images; use agreement")
 
     def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
         if metric == "top1" or (metric == "auto" and result.get("top1_drop") is not None):

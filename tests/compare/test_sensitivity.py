@@ -80,3 +80,9 @@ def test_budget_metric_agreement_ignores_labels_and_top1_needs_them(small_model,
     with pytest.raises(CalibkitError, match="needs labelled images"):
         fit_accuracy_budget(small_model, broken, cache_of(items), unlabelled, ["fc"], 1.0, tmp_path / "b",
                             metric="top1")
+
+
+def test_an_unknown_budget_metric_is_refused(small_model, setup, tmp_path):
+    broken, cache, task, _ = setup
+    with pytest.raises(CalibkitError, match="unknown budget metric 'f1'"):
+        fit_accuracy_budget(small_model, broken, cache, task, ["fc"], 1.0, tmp_path / "c", metric="f1")
