@@ -23,10 +23,10 @@ def main(argv=None) -> int:
     import warnings
 
     from calibkit.bench.table import format_table
-    from calibkit.compare.accuracy import agreement, top_k_accuracy
+    from calibkit.compare.sensitivity import task_loss
     from calibkit.data.images import discover_images
     from calibkit.demo_assets import SHARED_IMAGES, demo_model
-    from calibkit.workflow import calibrate, image_cache, model_preprocess, qdq_paths
+    from calibkit.workflow import calibrate, image_cache, model_preprocess, model_task, qdq_paths
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,500")
@@ -39,7 +39,12 @@ def main(argv=None) -> int:
     pool = discover_images(SHARED_IMAGES)
     spec = model_preprocess(model)
     cache = image_cache(pool, spec)
-    reference = cache.logits(model)
+    task = model_task(model, spec, "classification", items=pool)
+    reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
+
+    def metrics(path: Path) -> dict:
+        return task_loss(task, cache, reference, cache.outputs(path), "agreement")[2]
+
     rows = []
     for sampler in args.samplers.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
@@ -48,16 +53,15 @@ def main(argv=None) -> int:
                     run = calibrate(model, pool, Path(tmp), methods=args.methods, samples=n, sampler=sampler,
                                     seed=seed, preprocess=spec, shard_size=None)
                     for label in run.calibrators:
-                        logits = cache.logits(qdq_paths(Path(tmp), label)["onnxruntime"])
+                        int8 = metrics(qdq_paths(Path(tmp), label)["onnxruntime"])
                         rows.append({
                             "sampler": sampler, "N": n, "seed": seed, "method": label,
-                            "agreement_pct": agreement(reference, logits)["top1_agreement"],
-                            "top1_pct": 100 * top_k_accuracy(logits, cache.labels, 1),
+                            "agreement_pct": int8["agreement"], "top1_pct": int8["top1"],
                             "sampling_s": run.timings["sampling_s"], "statistics_s": run.timings["statistics_s"],
                         })
                 print(format_table(rows[-len(run.calibrators):], list(rows[-1])), flush=True)
     print()
-    print(f"FP32 top-1 on the pool: {100 * top_k_accuracy(reference, cache.labels, 1):.2f}%")
+    print(f"FP32 top-1 on the pool: {metrics(model)['top1']:.2f}%")
     print(format_table(rows, ["sampler", "N", "seed", "method", "agreement_pct", "top1_pct", "sampling_s",
                               "statistics_s"]))
     summary = {}
