@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="version number in the cache header")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
+    _add_task(p)
     _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)
 
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_images(p)
     p.add_argument("--candidates", required=True, help="comma list: int8:RUN_DIR[:method+method], fp16")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    _add_task(p)
     _add_compare_options(p, out_default=Path("reports/compare"))
     p.set_defaults(func=cmd_compare)
 
@@ -365,8 +367,6 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | None, with_out: bool = True) -> None:
-    if with_out:
-        _add_task(parser)
     group = parser.add_argument_group("comparison")
     if with_out and out_default is not None:
         group.add_argument("--out", type=Path, default=out_default, help="folder for the report and exports")
