@@ -6,6 +6,8 @@ pick images -> collect statistics once -> every calibrator -> cache + JSON + Q/D
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -269,9 +271,6 @@ def compare_and_report(
 
 def peak_rss_gb() -> float:
     """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
 

@@ -54,7 +54,8 @@ class Dense(Task):
         Metric("pixel_agreement", "pixel agreement %", True),
         Metric("fp32_foreground", "FP32 foreground pixels %", True, versus_fp32=False),
     )
-    unusable_if = ("miou<0.5",)
+    # mIoU alone hides a lost foreground behind the background class on sparse maps (text, lanes)
+    unusable_if = ("miou<0.5", "foreground_iou<0.5")
     options = {
         "threshold": Option(float, 0.5, "threshold of a one-channel probability map"),
         "output": Option(str, "", "name of the map output (default: the first 4-D output)"),

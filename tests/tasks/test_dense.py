@@ -42,3 +42,13 @@ def test_task_detection_from_outputs():
     with pytest.warns(UserWarning, match="--task"):
         assert detect_task([OutputInfo("seq", (None, None, 6625))], size) == "generic"
 
+
+
+def test_a_map_that_loses_most_of_its_foreground_is_unusable_even_with_a_fair_miou():
+    from calibkit.compare.verdict import judge, rules_for
+
+    context = TaskContext([OutputInfo("map", (None, 1, None, None))], (4, 4), Preprocess(size=(4, 4)))
+    unusable, _ = rules_for(make_task("dense", context))
+    # sparse text: background IoU 0.85 lifts the mean to 0.655 while the text itself is at 0.457
+    verdict = judge({"miou": 0.655, "foreground_iou": 0.457}, unusable, [])
+    assert verdict["status"] == "unusable" and verdict["reasons"] == ["foreground-iou 0.457 < 0.5"]
