@@ -112,6 +112,18 @@ class Task:
             except ValueError:
                 raise CalibkitError(f"task {self.name}: --task-opt {key}={raw!r} is not a {option.type.__name__}") from None
 
+    def select_output(self, rank: int, layout: str) -> OutputInfo:
+        """The output named by ``--task-opt output=NAME``, else the first with ``rank`` axes; an error
+        naming the model's outputs when neither exists (never a silently flattened other output)."""
+        outputs = self.context.outputs
+        wanted = self.settings.get("output") or ""
+        found = [o for o in outputs if o.name == wanted] if wanted else [o for o in outputs if len(o.shape) == rank]
+        if not found or len(found[0].shape) != rank:
+            shapes = ", ".join(f"{o.name} {['?' if d is None else d for d in o.shape]}" for o in outputs)
+            which = f"output {wanted!r} as" if wanted else "an output"
+            raise CalibkitError(f"task {self.name} needs {which} {layout}; the model has {shapes}")
+        return found[0]
+
     @classmethod
     def detect(cls, outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> bool:
         """True when ``outputs`` can only mean this task (used when ``--task`` is not given)."""

@@ -74,10 +74,8 @@ class Classification(Task):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        two_d = [o for o in context.outputs if len(o.shape) == 2]
-        self.output = self.settings["output"] or (two_d or context.outputs)[0].name
-        shape = next(o.shape for o in context.outputs if o.name == self.output)
-        self.classes = shape[-1]
+        chosen = self.select_output(2, "[N, classes]")
+        self.output, self.classes = chosen.name, chosen.shape[-1]
         self.use_labels = context.num_labels is not None
         if self.use_labels and self.classes and context.num_labels > self.classes:
             warnings.warn(
@@ -104,8 +102,6 @@ class Classification(Task):
 
     def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
         if metric == "top1" or (metric == "auto" and result.get("top1_drop") is not None):
-            if result.get("top1_drop") is None:
-                raise CalibkitError("--budget-metric top1 needs labelled images; use agreement")
             return float(result["top1_drop"]), "top1"
         return 100 - float(result["agreement"]), "agreement"
 

@@ -64,10 +64,7 @@ class Dense(Task):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        four_d = [o for o in context.outputs if len(o.shape) == 4]
-        chosen = next((o for o in four_d if o.name == self.settings["output"]), four_d[0] if four_d else None)
-        if chosen is None:
-            raise CalibkitError("task dense needs a 4-D output [N, C, H, W]; the model has none")
+        chosen = self.select_output(4, "[N, C, H, W]")
         self.output = chosen.name
         self.channel_axis = 3 if self.settings["channels_last"] else 1
         channels = chosen.shape[self.channel_axis]

@@ -76,8 +76,7 @@ class OcrCtc(Task):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        three_d = [o.name for o in context.outputs if len(o.shape) == 3]
-        self.output = self.settings["output"] or (three_d or [context.outputs[0].name])[0]
+        self.output = self.select_output(3, "[N, T, symbols]").name
 
     def decode(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[tuple[int, ...]]:
         return ctc_greedy(outputs[self.output], self.settings["blank"])

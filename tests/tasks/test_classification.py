@@ -14,3 +14,18 @@ def test_two_class_classifier_reports_no_trivial_top5():
     scorer.add([np.array([0.9, 0.1]), np.array([0.2, 0.8])], [np.array([0.6, 0.4]), np.array([0.7, 0.3])], batch)
     result = scorer.result()
     assert task.name == "classification" and result["agreement"] == 50.0 and result["top5_overlap"] is None
+
+
+def test_a_task_never_flattens_an_output_of_the_wrong_shape():
+    import pytest
+
+    from calibkit.errors import CalibkitError
+
+    anchors = [OutputInfo("scores", (1, 7600, 10)), OutputInfo("boxes", (1, 7600, 32))]
+    with pytest.raises(CalibkitError, match=r"needs an output \[N, classes\]; the model has scores \[1, 7600, 10\]"):
+        make_task("classification", TaskContext(anchors, (800, 608), Preprocess(size=(800, 608))))
+    with pytest.raises(CalibkitError, match="needs output 'logit' as"):
+        make_task("ocr-ctc", TaskContext(anchors, (48, 320), Preprocess(size=(48, 320)), {"output": "logit"}))
+    two = [OutputInfo("a", (1, 1, 8, 8)), OutputInfo("b", (1, 3, 8, 8))]
+    chosen = make_task("dense", TaskContext(two, (8, 8), Preprocess(size=(8, 8)), {"output": "b"}))
+    assert chosen.output == "b" and chosen.classes == 3
