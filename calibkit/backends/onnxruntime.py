@@ -17,6 +17,8 @@ class OrtSession:
     """An ``onnxruntime.InferenceSession`` that can also return intermediate tensors by name.
 
     ``model`` is ``model_path`` already loaded, when the caller has it, so it is not read twice.
+    ``arena=False`` returns activation memory after every run instead of keeping each session's peak:
+    for passes that hold several sessions at once (comparison), not for latency measurement.
     """
 
     def __init__(
@@ -27,12 +29,14 @@ class OrtSession:
         threads: int = 0,
         backend: str = "ort-cpu",
         model: onnx.ModelProto | None = None,
+        arena: bool = True,
     ) -> None:
         self.backend = backend
         self.model_path = Path(model_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = arena
         model_outputs: list[str] | None = None
         if expose:
             original = model if model is not None else load_model(self.model_path)

@@ -157,9 +157,9 @@ def layer_drift(
     bar = progress(len(groups) * len(items), f"per-layer drift ({len(groups)} tensor group(s))")
     for group in groups:
         in_group = set(group)
-        ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group)
+        ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group, arena=False)
         exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
-        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name])
+        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name], arena=False)
                     for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)

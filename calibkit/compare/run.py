@@ -64,8 +64,8 @@ def compare_models(
     """
     if not candidates:
         raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
-    ref_session = OrtSession(reference, ["CPUExecutionProvider"])
-    sessions = {c.name: OrtSession(c.model, ["CPUExecutionProvider"]) for c in candidates}
+    ref_session = OrtSession(reference, ["CPUExecutionProvider"], arena=False)
+    sessions = {c.name: OrtSession(c.model, ["CPUExecutionProvider"], arena=False) for c in candidates}
     outputs = ref_session.model_outputs
     scorers = {c.name: task.scorer() for c in candidates}
     reference_scorer = task.scorer()
@@ -86,6 +86,7 @@ def compare_models(
             bar.update(len(batch.items))
     if not kept:
         raise CalibkitError("every image failed to load; nothing to compare")
+    del ref_session, sessions  # weights of every model: the per-layer pass loads its own
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
     layers: dict[str, list[LayerDrift]] = {}
     if layer_images and drift_models:
