@@ -19,6 +19,9 @@ _RULE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]
 # Metric names of earlier calibkit versions and their spelling here.
 ALIASES = {"top1_agreement": "agreement", "mean_kl": "kl", "sqnr": "output_sqnr"}
 COMMON_METRICS = ("output_sqnr",)
+# Added to every task's own rules: outputs whose quantization noise is about as strong as the signal
+# (SQNR under 1 dB) are no longer the model's, whatever the task metric happens to say.
+COMMON_UNUSABLE = ("output_sqnr<1",)
 
 
 @dataclass(frozen=True)
@@ -82,5 +85,10 @@ def rules_for(task, fail_on: Sequence[str] = (), unusable_if: Sequence[str] | No
     """The task's unusable rules (or ``unusable_if``) and the ``fail_on`` gates, parsed and checked
     against the task's metrics before any inference runs."""
     allowed = [*task.metric_keys(), *COMMON_METRICS]
-    chosen = task.unusable_if if unusable_if is None else unusable_if
-    return [parse_rule(r, allowed) for r in chosen], [parse_rule(r, allowed) for r in fail_on]
+    if unusable_if is None:
+        own = [parse_rule(r, allowed) for r in task.unusable_if]
+        common = [parse_rule(r, allowed) for r in COMMON_UNUSABLE]
+        unusable = own + [r for r in common if r.metric not in {o.metric for o in own}]
+    else:
+        unusable = [parse_rule(r, allowed) for r in unusable_if]
+    return unusable, [parse_rule(r, allowed) for r in fail_on]

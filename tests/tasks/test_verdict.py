@@ -33,3 +33,17 @@ def test_gates_fail_and_unmeasured_gates_fail_too():
 def test_nan_outputs_make_a_candidate_unusable():
     verdict = judge({"recall": math.nan, "nonfinite_outputs": 12.0}, [parse_rule("recall<0.5", KEYS)], [])
     assert verdict["status"] == "unusable" and "NaN or infinite" in verdict["reasons"][0]
+
+
+def test_outputs_drowned_in_noise_are_unusable_whatever_the_task_metric_says():
+    from calibkit.compare.verdict import rules_for
+    from calibkit.data.preprocess import Preprocess
+    from calibkit.tasks import OutputInfo, TaskContext, make_task
+
+    dense = make_task("dense", TaskContext([OutputInfo("map", (None, 1, None, None))], (4, 4), Preprocess(size=(4, 4))))
+    unusable, _ = rules_for(dense)
+    # PP-OCRv4 det in FP16: text IoU 0.51 passes the task's own rules, but its map's SQNR is 0.19 dB
+    verdict = judge({"miou": 0.685, "foreground_iou": 0.514, "output_sqnr": 0.19}, unusable, [])
+    assert verdict["status"] == "unusable" and verdict["reasons"] == ["output-sqnr 0.19 < 1"]
+    generic = make_task("generic", TaskContext([OutputInfo("y", (None, 4))], (4, 4), Preprocess(size=(4, 4))))
+    assert [str(r) for r in rules_for(generic)[0]] == ["output-sqnr<10"], "a task's own output rule stands alone"
