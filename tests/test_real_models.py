@@ -55,7 +55,7 @@ def test_ocr_text_detector_probability_map(paddle_models, doc_pages, tmp_path):
         ["--preset", "paddle-ocr-det", "--size", "640x640"], "percentile:99.99", "--task-opt", "threshold=0.3")
     comparison = document["comparison"]
     assert comparison["task"]["name"] == "dense"
-    assert comparison["reference"]["metrics"]["fp32_foreground"] > 1, "pages have text"
+    assert comparison["reference"]["metrics"]["foreground"] > 1, "pages have text"
     for c in comparison["candidates"]:
         assert 0 <= c["metrics"]["miou"] <= 1 and c["metrics"]["pixel_agreement"] > 50
     assert "Dense metrics" in html and "top-5" not in html

@@ -21,7 +21,8 @@ def label_map(values: np.ndarray, channel_axis: int, threshold: float) -> np.nda
 
 
 class DenseScorer(Scorer):
-    """A confusion matrix of FP32's class (rows) against the candidate's (columns), over all pixels."""
+    """A confusion matrix of FP32's class (rows) against the candidate's (columns), over all pixels.
+    ``foreground`` is the candidate's own share of non-background pixels (FP32's on the reference row)."""
 
     def __init__(self, classes: int) -> None:
         self.confusion = np.zeros((classes, classes), np.int64)
@@ -41,7 +42,7 @@ class DenseScorer(Scorer):
         miou = float((inter[present] / union[present]).mean()) if present.any() else 1.0
         foreground = float(inter[1:].sum() / union[1:].sum()) if union[1:].sum() else 1.0
         return {"miou": miou, "foreground_iou": foreground, "pixel_agreement": 100 * agree / max(total, 1),
-                "fp32_foreground": 100 * float(self.confusion[1:].sum() / max(total, 1))}
+                "foreground": 100 * float(self.confusion[:, 1:].sum() / max(total, 1))}
 
 
 @register_task
@@ -52,7 +53,7 @@ class Dense(Task):
         Metric("miou", "mean IoU vs FP32", True, "{:.3f}"),
         Metric("foreground_iou", "foreground IoU vs FP32", True, "{:.3f}"),
         Metric("pixel_agreement", "pixel agreement %", True),
-        Metric("fp32_foreground", "FP32 foreground pixels %", True, versus_fp32=False),
+        Metric("foreground", "foreground pixels %", True, versus_fp32=False),
     )
     # mIoU alone hides a lost foreground behind the background class on sparse maps (text, lanes)
     unusable_if = ("miou<0.5", "foreground_iou<0.5")

@@ -41,7 +41,7 @@ class CtcScorer(Scorer):
         self.exact = 0
         self.edits = 0
         self.characters = 0
-        self.empty_reference = 0
+        self.empty = 0
 
     def add(self, reference: Sequence[tuple], candidate: Sequence[tuple], batch: Batch) -> None:
         for ref, cand in zip(reference, candidate):
@@ -49,13 +49,13 @@ class CtcScorer(Scorer):
             self.exact += ref == cand
             self.edits += edit_distance(ref, cand)
             self.characters += len(ref)
-            self.empty_reference += not ref
+            self.empty += not cand
 
     def result(self) -> dict[str, float | None]:
         return {
             "exact": 100 * self.exact / max(self.lines, 1),
             "cer": 100 * self.edits / max(self.characters, 1),
-            "fp32_empty": 100 * self.empty_reference / max(self.lines, 1),
+            "empty": 100 * self.empty / max(self.lines, 1),
         }
 
 
@@ -66,7 +66,7 @@ class OcrCtc(Task):
     metrics = (
         Metric("exact", "lines read exactly as FP32 %", True),
         Metric("cer", "character error rate vs FP32 %", False),
-        Metric("fp32_empty", "lines FP32 reads as empty %", False, versus_fp32=False),
+        Metric("empty", "lines read as empty %", False, versus_fp32=False),
     )
     unusable_if = ("cer>20",)
     options = {

@@ -52,3 +52,14 @@ def test_a_map_that_loses_most_of_its_foreground_is_unusable_even_with_a_fair_mi
     # sparse text: background IoU 0.85 lifts the mean to 0.655 while the text itself is at 0.457
     verdict = judge({"miou": 0.655, "foreground_iou": 0.457}, unusable, [])
     assert verdict["status"] == "unusable" and verdict["reasons"] == ["foreground-iou 0.457 < 0.5"]
+
+
+def test_each_model_row_shows_its_own_foreground():
+    reference = np.zeros((1, 1, 4, 4), np.float32)
+    reference[0, 0, :2, :2] = 0.9
+    context = TaskContext([OutputInfo("map", (None, 1, None, None))], (4, 4), Preprocess(size=(4, 4)))
+    task = make_task("dense", context)
+    batch = Batch(np.zeros((1, 3, 4, 4)), [ImageItem("a")], [(4, 4)])
+    scorer = task.scorer()
+    scorer.add(task.decode({"map": reference}, batch), task.decode({"map": np.zeros_like(reference)}, batch), batch)
+    assert scorer.result()["foreground"] == 0.0, "a candidate that finds no text shows 0 %, not FP32's 25 %"

@@ -29,3 +29,10 @@ def test_scorer_exact_agreement_and_character_error_rate():
     result = scorer.result()
     assert result["exact"] == pytest.approx(50.0)
     assert result["cer"] == pytest.approx(100 * 1 / 5)
+
+
+def test_each_model_row_shows_its_own_empty_readings():
+    scorer = CtcScorer()
+    batch = Batch(np.zeros((2, 1)), [ImageItem("a"), ImageItem("b")], [(1, 1)] * 2)
+    scorer.add([(1, 2), (3,)], [(), (3,)], batch)
+    assert scorer.result()["empty"] == pytest.approx(50.0), "the candidate read one of two lines as nothing"
