@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from calibkit.cli import main
 
@@ -166,13 +167,22 @@ def test_dynamic_size_model_needs_size(image_folder, tmp_path, capsys):
     assert main(["eval", "--model", str(model), "--images", str(image_folder), "--size", "40x48"]) == 0
 
 
-def test_rules_are_checked_before_any_inference(small_model, image_folder, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+def minmax_run(model, images, run):
+    assert main(["calibrate", "--model", str(model), "--images", str(images), "--out", str(run),
                  "--method", "minmax", "--samples", "0"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--fail-on", "recall<0.9", "--task", "classification"], "no metric 'recall' for this task"),
+    (["--task", "generic", "--accuracy-budget", "1"], "task generic has no accuracy budget"),
+])
+def test_what_the_task_cannot_measure_is_refused_before_any_inference(small_model, image_folder, tmp_path, capsys,
+                                                                      options, message):
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
     code = main(["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
-                 "--out", str(tmp_path / "cmp"), "--fail-on", "recall<0.9", "--task", "classification"])
-    assert code == 2 and "no metric 'recall' for this task" in capsys.readouterr().err
+                 "--out", str(tmp_path / "cmp"), *options])
+    assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "cmp" / "report.html").exists()
 
 
@@ -181,9 +191,7 @@ def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, c
 
     colour_images(tmp_path / "images", count=30)
     image_folder = tmp_path / "images"
-    run = tmp_path / "run"
-    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
-                 "--method", "minmax", "--samples", "0"]) == 0
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
     ranges = json.loads((run / "minmax.json").read_text())
     for entry in ranges["tensors"].values():
         entry["amax"] = entry["amax"] * 1e4  # every activation rounds to zero
@@ -196,13 +204,3 @@ def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, c
     assert code == 3 and "int8 minmax: UNUSABLE" in err
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "int8 minmax: unusable" in html
-
-
-def test_a_budget_the_task_cannot_measure_is_refused_before_inference(small_model, image_folder, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
-                 "--method", "minmax", "--samples", "0"]) == 0
-    code = main(["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
-                 "--out", str(tmp_path / "cmp"), "--task", "generic", "--accuracy-budget", "1"])
-    assert code == 2 and "task generic has no accuracy budget" in capsys.readouterr().err
-    assert not (tmp_path / "cmp" / "report.html").exists()
