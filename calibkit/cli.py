@@ -251,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     candidates = _int8_from_spec(args.model, args.int8) if args.int8 else []
     if args.fp16:
         candidates.append(fp16_candidate(args.model, args.out))
-    models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.model) for c in candidates]
+    models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
     shape = input_shape(_preprocess(args))
     backends = available_backends() if args.backend == "all" else [args.backend]
     sizes = usable_batch_sizes(args.model, args.batch_sizes)

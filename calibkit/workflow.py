@@ -24,6 +24,7 @@ from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.errors import CalibkitError
 from calibkit.fileio import ensure_writable_dir, write_text_atomic
+from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
 from calibkit.samplers.coverage import coverage_report
@@ -81,8 +82,8 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
             paths = export_int8(model, run_dir, label, exclude)
-        candidates.append(Candidate(f"int8 {label}", "int8", paths["onnxruntime"], paths["tensorrt"], label,
-                                    run_dir / f"{label}.json"))
+        candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
+                                    paths["onnxruntime"], label, run_dir / f"{label}.json"))
     return candidates
 
 
@@ -99,6 +100,15 @@ def model_preprocess(
     spec = get_preset(preprocess) if isinstance(preprocess, str) else preprocess
     info = image_input(load_model(model_path), model_path)
     return fit_to_model(spec, info.height, info.width, info.layout, str(model_path), size)
+
+
+def normalized_graph(model: Path, preprocess: Preprocess) -> Normalized:
+    """The graph calibration runs on, checked against the model's FP32 outputs at ``preprocess``'s size."""
+    original = load_model(model)
+    graph = normalized_model(model)
+    batch = image_input(original, model).batch or 1
+    check_equivalent(original, graph, (batch, *input_shape(preprocess)), model)
+    return graph
 
 
 def calibrate(
@@ -128,6 +138,7 @@ def calibrate(
     calibrators = {c.label: c for c in parse_methods(methods)}
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
+    graph = normalized_graph(model, spec)
     pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -140,7 +151,8 @@ def calibrate(
         timings["coverage_s"] = time.perf_counter() - start
     stats = collect_statistics(model, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
                                shard_size=shard_size)
-    stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool)})
+    stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool),
+                             "graph normalisation": graph.summary()})
     timings["statistics_s"] = stats.seconds
     stats.save(out / "stats.npz")
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
@@ -239,7 +251,7 @@ def compare_and_report(
         c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
     if note:
         comparison["note"] = note
-    models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.model) for c in candidates]
+    models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
     if accuracy_budget is not None:
         sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
                                              Path(report).parent, sensitivity_images, budget_metric)

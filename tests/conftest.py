@@ -54,6 +54,52 @@ def build_small_cnn(path: Path, size: int | None = 32, seed: int = 0, classes: i
     return path
 
 
+def build_paddle_style_cnn(path: Path, opset: int = 11, seed: int = 0, classes: int = 6) -> Path:
+    """A graph the way Paddle2ONNX writes one: weights and parameters in ``Constant`` nodes, an unfused
+    BatchNormalization after each Conv, HardSwish as ``x * Clip(x + 3, 0, 6) / 6``, a parameter reached
+    through ``Identity``, a residual Add, and a classifier as MatMul plus a bias Add; old opset."""
+    rng = np.random.default_rng(seed)
+    nodes = []
+
+    def const(name, value):
+        nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}",
+                                      value=numpy_helper.from_array(np.asarray(value, np.float32), name)))
+        return name
+
+    def conv_bn_hardswish(x, name, cin, cout):
+        w = const(f"{name}_w", rng.standard_normal((cout, cin, 3, 3)) * 0.3)
+        bn = [const(f"{name}_{p}", v) for p, v in (("scale", rng.uniform(0.5, 2, cout)), ("bias", rng.normal(0, .2, cout)),
+                                                   ("mean", rng.normal(0, .1, cout)), ("var", rng.uniform(.5, 2, cout)))]
+        nodes.append(helper.make_node("Conv", [x, w], [f"{name}_conv"], name=f"{name}_conv", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}_conv", *bn], [f"{name}_bn"], name=f"{name}_bn"))
+        nodes.append(helper.make_node("Add", [f"{name}_bn", const(f"{name}_three", 3.0)], [f"{name}_plus3"],
+                                      name=f"{name}_plus3"))
+        nodes.append(helper.make_node("Clip", [f"{name}_plus3", const(f"{name}_zero", 0.0), const(f"{name}_six", 6.0)],
+                                      [f"{name}_clip"], name=f"{name}_clip"))
+        nodes.append(helper.make_node("Mul", [f"{name}_bn", f"{name}_clip"], [f"{name}_mul"], name=f"{name}_mul"))
+        nodes.append(helper.make_node("Div", [f"{name}_mul", const(f"{name}_div6", 6.0)], [f"{name}_out"],
+                                      name=f"{name}_hardswish"))
+        return f"{name}_out"
+
+    a = conv_bn_hardswish("image", "stem", 3, 8)
+    b = conv_bn_hardswish(a, "block", 8, 8)
+    nodes.append(helper.make_node("Add", [a, b], ["residual"], name="residual_add"))
+    nodes.append(helper.make_node("GlobalAveragePool", ["residual"], ["pooled"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"))
+    fc_w = const("fc_w_raw", rng.standard_normal((8, classes)) * 0.5)
+    nodes.append(helper.make_node("Identity", [fc_w], ["fc_w"], name="fc_w_identity"))
+    nodes.append(helper.make_node("MatMul", ["flat", "fc_w"], ["fc_mm"], name="fc_matmul"))
+    nodes.append(helper.make_node("Add", ["fc_mm", const("fc_b", rng.normal(0, .1, classes))], ["logits"], name="fc_bias"))
+    graph = helper.make_graph(nodes, "paddle_style",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0) -> list[Path]:
     """Smooth random colour photos-to-be (JPEG), distinct per index."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,16 @@
 """Explicit-quantization (Q/DQ) ONNX from a model and calibrated ranges, placed for TensorRT.
 
-ONNX Runtime's ``QDQQuantizer`` does the graph surgery; calibkit feeds it its own ranges as a
-symmetric MinMax table, so no calibration runs inside ONNX Runtime. Placement:
+ONNX Runtime's ``QDQQuantizer`` does the graph surgery on the model's normalised graph
+(:mod:`calibkit.normalize`); calibkit feeds it its own ranges as a symmetric MinMax table, so no
+calibration runs inside ONNX Runtime. Which ops get INT8 inputs is the rule table of
+:mod:`calibkit.artifacts.placement`. Per target:
 
-* symmetric INT8 everywhere, zero point 0; activation scale = amax / 127 from the calibrator;
-* per-channel symmetric INT8 weights on Conv, ConvTranspose, Gemm and MatMul;
-* Q/DQ on the inputs of Conv/Gemm/MatMul, pooling and Concat, and on both inputs of Add, so a
-  residual Add fuses into the preceding convolution in TensorRT;
-* ``target="tensorrt"`` keeps biases in float (TensorRT quantizes bias itself and its guidance
-  is not to feed INT32 bias DQ); ``target="onnxruntime"`` quantizes bias to INT32 so ONNX Runtime's
-  CPU provider fuses each DQ-Conv-Q group into a real integer ``QLinearConv``.
+* ``tensorrt`` (the artefact to ship): symmetric INT8, zero point 0, activation scale = amax / 127,
+  per-channel weights; inputs only, biases in float (TensorRT quantizes bias itself and its guidance is
+  not to feed INT32 bias DQ). Accuracy is measured on this graph.
+* ``onnxruntime`` (for CPU speed): the same pairs plus the outputs of the quantized ops and INT32
+  biases, so ONNX Runtime's CPU provider fuses each DQ-op-Q group into a real integer kernel
+  (``QLinearConv``, ``QLinearMatMul``, ...); see :mod:`calibkit.artifacts.qdq_placement`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
+from calibkit.artifacts.placement import nodes_kept_float, quantized_op_types
 from calibkit.artifacts.qdq_placement import fold_activation_qdq
 from calibkit.calib.registry import TensorRange
 from calibkit.errors import CalibkitError
+from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
+from calibkit.normalize import normalized_model
 
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool",
-                 "MaxPool", "Concat")
 TARGETS = ("tensorrt", "onnxruntime")
 
 
@@ -47,10 +49,6 @@ def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> list[
     return list(dict.fromkeys(matched))
 
 
-# Per-channel DequantizeLinear (axis) and integer Clip, which the ONNX Runtime target runs, need opset 13.
-MIN_QDQ_OPSET = 13
-
-
 def export_qdq(
     model_path: Path,
     ranges: Mapping[str, TensorRange],
@@ -59,16 +57,15 @@ def export_qdq(
     target: str = "tensorrt",
     keep_activations: bool = False,
 ) -> Path:
-    """Write a Q/DQ model for ``target`` to ``out`` (atomically) and check it with onnx.checker."""
+    """Write a Q/DQ model of ``model_path``'s normalised graph (:mod:`calibkit.normalize`, whose tensor
+    names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes :func:`~calibkit.artifacts.verify.verify_model`."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     if target not in TARGETS:
         raise CalibkitError(f"unknown Q/DQ target {target!r}; use one of {TARGETS}")
-    model = _at_least_opset(load_model_with_shape_infer(Path(model_path)), MIN_QDQ_OPSET)
-    _clean_inferred_copy(Path(model_path))
+    model = onnx.shape_inference.infer_shapes(normalized_model(Path(model_path)).model)
     table = TensorsData(
         CalibrationMethod.MinMax,
         {name: TensorData(lowest=np.float32(-r.amax), highest=np.float32(r.amax)) for name, r in ranges.items()},
@@ -81,13 +78,14 @@ def export_qdq(
         QuantType.QInt8,
         table,
         [],
-        resolve_exclusions(model, exclude),
-        list(QUANTIZED_OPS),
+        list(dict.fromkeys(resolve_exclusions(model, exclude) + nodes_kept_float(model))),
+        quantized_op_types(),
         {
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             "QuantizeBias": target == "onnxruntime",
             "QDQKeepRemovableActivations": keep_activations,
+            "OpTypesToExcludeOutputQuantization": quantized_op_types() if target == "tensorrt" else [],
         },
     )
     previous = logging.getLogger().level
@@ -99,26 +97,7 @@ def export_qdq(
     quantizer.model.topological_sort()
     quantized = quantizer.model.model
     fold_activation_qdq(quantized, target)
-    onnx.checker.check_model(quantized)
+    verify_model(quantized, Path(out))
     with atomic_path(Path(out)) as tmp:
         onnx.save(quantized, str(tmp))
     return Path(out)
-
-
-def _at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """``model`` converted to ``opset`` of the default domain when it is older (outputs unchanged)."""
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
-    if current >= opset:
-        return model
-    from onnx import version_converter
-
-    try:
-        return onnx.shape_inference.infer_shapes(version_converter.convert_version(model, opset))
-    except Exception as exc:
-        raise CalibkitError(f"model opset {current} cannot be converted to {opset}, which per-channel Q/DQ "
-                            f"needs ({type(exc).__name__}); re-export the model with opset >= {opset}") from exc
-
-
-def _clean_inferred_copy(model_path: Path) -> None:
-    """ONNX Runtime's loader leaves ``<name>-inferred.onnx`` beside the model; remove it."""
-    model_path.with_name(f"{model_path.stem}-inferred{model_path.suffix}").unlink(missing_ok=True)

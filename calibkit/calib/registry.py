@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable, Mapping
 
+import numpy as np
+
 from calibkit.errors import CalibkitError
 from calibkit.stats.histogram import TensorStats
 
@@ -181,7 +183,7 @@ def _amax_with_fallback(stats: TensorStats, calibrator: Calibrator) -> tuple[flo
     absmax = stats.absmax
     if absmax == 0.0:
         return FALLBACK_AMAX, "all zero"
-    if stats.min == stats.max or -stats.min == stats.max:
+    if stats.min == stats.max or (-stats.min == stats.max and np.count_nonzero(stats.signed) <= 2):
         return absmax, "constant"
     amax = calibrator.amax(stats)
     if not math.isfinite(amax) or amax <= 0.0:

@@ -1,8 +1,8 @@
 """Run the FP32 reference and every candidate on the same images and measure drift in the task's terms.
 
-A candidate has a model to measure accuracy on (for INT8 the ONNX Runtime target, real integer
-kernels) and a model to measure per-layer drift on (for INT8 the TensorRT target, whose float tensors
-keep the reference names). Each batch is decoded once and inferred once per model; the task turns
+A candidate has a model to measure accuracy and per-layer drift on (for INT8 the TensorRT-target Q/DQ
+graph, the artefact a user ships, whose float tensors keep the reference names) and a model to time
+(for INT8 the ONNX Runtime target, whose Q/DQ groups ONNX Runtime fuses into integer kernels). Each batch is decoded once and inferred once per model; the task turns
 outputs into predictions and its scorers keep only running sums (and, for detection, the boxes).
 Every model output is compared too (SQNR, cosine, max error), whatever the task.
 """
@@ -34,6 +34,7 @@ class Candidate:
     precision: str
     model: Path
     drift_model: Path | None = None
+    speed_model: Path | None = None
     calibrator: str | None = None
     ranges: Path | None = None
 

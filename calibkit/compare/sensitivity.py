@@ -20,7 +20,7 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.data.loader import Batch
-from calibkit.onnx_model import load_model
+from calibkit.normalize import normalized_model
 from calibkit.progress import progress
 from calibkit.tasks.base import Task
 
@@ -55,8 +55,8 @@ def task_loss(task: Task, cache: ImageCache, reference: Sequence[list], candidat
 
 
 def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> list[str]:
-    """Names of the nodes sensitivity ranks, in graph order."""
-    return [node.name for node in load_model(model_path).graph.node if node.op_type in ops and node.name]
+    """Names of the nodes sensitivity ranks, in the order of the normalised graph that is quantized."""
+    return [node.name for node in normalized_model(model_path).model.graph.node if node.op_type in ops]
 
 
 def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
@@ -66,11 +66,11 @@ def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: Ima
     reference = joined(cache.outputs(model))
     with tempfile.TemporaryDirectory(prefix="calibkit-sens-") as tmp:
         path = Path(tmp) / "q.onnx"
-        base = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path, target="onnxruntime"))))
+        base = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path))))
         rows = []
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
             for node in nodes:
-                drift = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path, [node], "onnxruntime"))))
+                drift = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path, [node]))))
                 rows.append({"node": node, "drift": drift, "drift_gain": base - drift})
                 bar.update(1)
     return sorted(rows, key=lambda r: r["drift_gain"], reverse=True)
@@ -103,7 +103,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
         path = Path(tmp) / "q.onnx"
         for k in range(0, min(max_float, len(ranking)) + 1):
             excluded = list(ranking[:k])
-            outputs = cache.outputs(export_qdq(model, ranges, path, excluded, "onnxruntime"))
+            outputs = cache.outputs(export_qdq(model, ranges, path, excluded))
             lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
             result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
             if lost <= budget:

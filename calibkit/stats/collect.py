@@ -18,7 +18,8 @@ from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.fileio import atomic_path
-from calibkit.onnx_model import file_sha256, float_activations, load_model
+from calibkit.normalize import normalized_model
+from calibkit.onnx_model import file_sha256, float_activations
 from calibkit.progress import progress
 from calibkit.stats.clamps import derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
@@ -81,7 +82,8 @@ def collect_statistics(
     threads: int = 1,
     shard_size: int | None = None,
 ) -> CollectedStats:
-    """Run the model once over ``items`` and return streaming statistics of ``tensors``.
+    """Run the model's normalised graph (:mod:`calibkit.normalize`) once over ``items`` and return
+    streaming statistics of ``tensors``.
 
     ``tensors`` defaults to the graph input plus every float tensor a node produces, which covers all
     inputs and outputs a Q/DQ quantizer may ask a range for. With ``shard_size``, statistics are also
@@ -92,7 +94,7 @@ def collect_statistics(
     ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
     the histogram updates rather than on every core.
     """
-    model = load_model(Path(model_path))
+    model = normalized_model(Path(model_path)).model
     names = list(tensors) if tensors is not None else float_activations(model)
     clamps = derivable_clamps(model, names)
     derived = {clamp.output for clamp in clamps}

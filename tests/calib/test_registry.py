@@ -69,3 +69,15 @@ def test_no_warning_for_healthy_tensors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compute_ranges({"t": stats}, get_calibrator("entropy2"))
+
+
+def test_a_tensor_spanning_exactly_minus_c_to_c_is_calibrated_not_called_constant():
+    # a [-1, 1]-normalised image input: min is exactly -max, yet its values spread over the range
+    spread = TensorStats("image")
+    spread.update(np.concatenate([[-1.0, 1.0], np.random.default_rng(0).uniform(-1, 1, 1000)]).astype(np.float32))
+    plus_minus = TensorStats("sign")
+    plus_minus.update(np.array([-3.0, 3.0] * 50, np.float32))
+    with pytest.warns(UserWarning, match="1 tensor.*sign \\(constant\\)"):
+        ranges = compute_ranges({"image": spread, "sign": plus_minus}, get_calibrator("percentile"))
+    assert ranges["image"].fallback is None and ranges["image"].amax <= 1.0
+    assert ranges["sign"].amax == 3.0
