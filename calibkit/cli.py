@@ -222,6 +222,7 @@ def _run_calibration(args: argparse.Namespace):
         args.model, args.images, args.out, methods=args.method, samples=args.samples, sampler=args.sampler,
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
+        equalize_depthwise=not args.no_equalize,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -236,9 +237,11 @@ def _run_calibration(args: argparse.Namespace):
 def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.qdq import export_qdq
     from calibkit.artifacts.ranges_json import read_ranges
+    from calibkit.workflow import run_graph
 
     ranges, _ = read_ranges(args.ranges)
-    path = export_qdq(args.model, ranges, args.out, exclude=args.exclude, target=args.target)
+    graph = run_graph(args.model, Path(args.ranges).parent)
+    path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -279,6 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.resize = args.channel_order = args.pad_value = args.postprocess = None
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
+    args.no_equalize = False
     args.report = args.out / "report.html"
     args.compare = True
     note = None
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="version number in the cache header")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
+    p.add_argument("--no-equalize", action="store_true",
+                   help="calibrate the graph as exported, without equalising uneven depthwise-conv inputs")
     _add_task(p)
     _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import onnx
+
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.ranges_json import read_ranges, write_ranges
@@ -23,7 +25,8 @@ from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.errors import CalibkitError
-from calibkit.fileio import ensure_writable_dir, write_text_atomic
+from calibkit.equalize import equalize, tensors_to_measure
+from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
@@ -31,6 +34,7 @@ from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
+from calibkit.stats.channels import channel_absmax
 from calibkit.stats.collect import STATS_BATCH_SIZE, CollectedStats, collect_statistics
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 
@@ -48,6 +52,13 @@ class CalibrationRun:
     timings: dict[str, float] = field(default_factory=dict)
     sufficiency: dict | None = None
     coverage: dict | None = None
+
+
+# The FP32 graph a run calibrated, when it differs from the user's (depthwise inputs equalised).
+CALIBRATED_GRAPH = "model.calibrated.onnx"
+
+# Calibration images (evenly spread over the chosen set) that measure per-channel maxima for equalisation.
+EQUALIZATION_IMAGES = 32
 
 
 def qdq_paths(out: Path, label: str) -> dict[str, Path]:
@@ -81,9 +92,9 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     for label in chosen:
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
-            paths = export_int8(model, run_dir, label, exclude)
+            paths = export_int8(run_graph(model, run_dir), run_dir, label, exclude)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
-                                    paths["onnxruntime"], label, run_dir / f"{label}.json"))
+                                    paths["onnxruntime"], label, run_dir / f"{label}.json", run_graph(model, run_dir)))
     return candidates
 
 
@@ -111,6 +122,32 @@ def normalized_graph(model: Path, preprocess: Preprocess) -> Normalized:
     return graph
 
 
+def equalized_graph(model: Path, graph: Normalized, chosen: Sequence[ImageItem], preprocess: Preprocess, out: Path,
+                    skip_bad: bool = False) -> tuple[Path, str]:
+    """The graph to calibrate, ``out/model.calibrated.onnx`` where equalising changed it (checked against
+    the model's FP32 outputs) else ``model``, and a line saying what was equalised."""
+    targets = tensors_to_measure(graph.model)
+    (out / CALIBRATED_GRAPH).unlink(missing_ok=True)
+    if not targets:
+        return model, "no depthwise convolution"
+    subset = list(chosen)[:: max(1, len(chosen) // EQUALIZATION_IMAGES)][:EQUALIZATION_IMAGES]
+    peaks = channel_absmax(graph.model, model, subset, preprocess, targets, skip_bad)
+    equalized, done = equalize(graph.model, peaks)
+    if not done.scales:
+        return model, f"{len(targets)} depthwise input(s) already even"
+    check_equivalent(load_model(model), Normalized(equalized, graph.opset), (image_input(graph.model).batch or 1,
+                     *input_shape(preprocess)), out / CALIBRATED_GRAPH)
+    with atomic_path(out / CALIBRATED_GRAPH) as tmp:
+        onnx.save(equalized, str(tmp))
+    return out / CALIBRATED_GRAPH, done.summary()
+
+
+def run_graph(model: Path, run_dir: Path) -> Path:
+    """The FP32 graph a run calibrated: its ``model.calibrated.onnx`` when it kept one, else ``model``."""
+    kept = Path(run_dir) / CALIBRATED_GRAPH
+    return kept if kept.is_file() else Path(model)
+
+
 def calibrate(
     model: Path,
     images: Path | Sequence[ImageItem],
@@ -127,12 +164,15 @@ def calibrate(
     exclude: Sequence[str] = (),
     shard_size: int | None = 50,
     report_coverage: bool = True,
+    equalize_depthwise: bool = True,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
-    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZE``).
+    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZE``). With
+    ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
+    FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     """
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
@@ -149,10 +189,15 @@ def calibrate(
         start = time.perf_counter()
         coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
         timings["coverage_s"] = time.perf_counter() - start
-    stats = collect_statistics(model, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
+    source, equalized = model, "off"
+    if equalize_depthwise:
+        start = time.perf_counter()
+        source, equalized = equalized_graph(model, graph, chosen, spec, out, skip_bad)
+        timings["equalization_s"] = time.perf_counter() - start
+    stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
                                shard_size=shard_size)
     stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool),
-                             "graph normalisation": graph.summary()})
+                             "graph normalisation": graph.summary(), "depthwise equalisation": equalized})
     timings["statistics_s"] = stats.seconds
     stats.save(out / "stats.npz")
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
@@ -164,7 +209,7 @@ def calibrate(
         scales = {name: r.scale for name, r in ranges[label].items()}
         write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
         write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
-        export_int8(model, out, label, exclude, ranges[label])
+        export_int8(source, out, label, exclude, ranges[label])
     enough = None
     if len(stats.shards) > 1:
         start = time.perf_counter()
@@ -173,7 +218,7 @@ def calibrate(
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
                "coverage": coverage, "sufficiency": enough}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
+    return CalibrationRun(out, source, stats, ranges, calibrators, chosen, timings, enough, coverage)
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
@@ -308,8 +353,9 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     best = min(int8, key=lambda c: task.budget_loss(results[c.name]["metrics"], budget_metric)[0])
     ranges, _ = read_ranges(best.ranges)
     subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
-    ranking = layer_sensitivity(model, ranges, image_cache(subset, preprocess), task)
-    fitted = fit_accuracy_budget(model, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
+    source = best.source or model
+    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task)
+    fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
                                  budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric)
     return {
         "name": f"int8 {best.calibrator} mixed",

@@ -193,3 +193,20 @@ def text_lines(paddle_models, doc_pages, tmp_path_factory) -> dict[str, Path]:
     for name, folder in doc_pages.items():
         cut(paddle_models / "ch_PP-OCRv4_det_infer.onnx", sorted(folder.iterdir()), root / name, 24)
     return {name: root / name for name in doc_pages}
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> Path:
+    """A random-weight vision transformer exported by datasets/export_tiny_vit.py (once, into the cache)."""
+    import subprocess
+    import sys
+
+    from calibkit.fileio import cache_dir
+
+    out = cache_dir() / "tiny_vit.onnx"
+    if not out.is_file():
+        done = subprocess.run([sys.executable, str(DATASETS / "export_tiny_vit.py"), "--out", str(out)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot export the transformer (needs torch: pip install -e '.[export]'): {done.stderr[-200:]}")
+    return out

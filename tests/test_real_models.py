@@ -78,3 +78,34 @@ def test_text_direction_classifier_without_labels(paddle_models, text_lines, tmp
     comparison = document["comparison"]
     assert comparison["task"]["name"] == "classification" and not comparison["labelled"]
     assert all(c["metrics"]["agreement"] is not None for c in comparison["candidates"])
+
+
+def test_random_weight_transformer_runs_end_to_end(tiny_vit, shared_images, tmp_path):
+    # robustness: LayerNormalization, attention MatMul/Softmax and GELU through every step, whatever the
+    # random weights make of the photos
+    images = tmp_path / "photos"
+    images.mkdir()
+    for photo in sorted(shared_images.glob("*.jpg"))[:40]:
+        (images / photo.name).symlink_to(photo)
+    run = tmp_path / "run"
+    done = calibkit("calibrate", "--model", tiny_vit, "--images", images, "--out", run, "--samples", 0,
+                    "--method", "minmax,percentile:99.99", "--compare", "--bench-batch-sizes", 1)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert "fallback range" not in done.stderr, "LayerNorm parameters behind Identity are not calibrated"
+    document = json.loads((run / "report.json").read_text())
+    comparison = document["comparison"]
+    assert comparison["task"]["name"] == "classification"
+    for candidate in comparison["candidates"]:
+        assert candidate["metrics"]["nonfinite_outputs"] == 0 and candidate["verdict"]["status"] in ("usable", "unusable")
+        assert (candidate["verdict"]["status"] == "unusable") == (candidate["metrics"]["agreement"] < 80
+                                                                  or candidate["metrics"]["output_sqnr"] < 1)
+    import onnx
+
+    quantized = onnx.load(str(run / "percentile-99.99.qdq.onnx"))
+    made_by = {out: node.op_type for node in quantized.graph.node for out in node.output}
+    attention = [n for n in quantized.graph.node if n.op_type == "MatMul"
+                 and all(made_by.get(name) == "DequantizeLinear" for name in n.input)]
+    assert len(attention) == 24, "every MatMul, the attention ones included, reads INT8 inputs"
+    for node in quantized.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
+            assert made_by.get(node.input[0]) != "DequantizeLinear", f"{node.op_type} stays float"

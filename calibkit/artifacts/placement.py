@@ -22,30 +22,43 @@ from calibkit.onnx_model import constant_values
 
 
 @dataclass(frozen=True)
+class GraphFacts:
+    """What a rule may ask about a node's inputs: which tensors are constants, and each tensor's producer op."""
+
+    constants: set[str]
+    producers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class PlacementRule:
-    """Quantize the inputs of ``ops`` where ``applies(node, constants)`` holds; ``why`` documents it."""
+    """Quantize the inputs of ``ops`` where ``applies(node, facts)`` holds; ``why`` documents it."""
 
     ops: tuple[str, ...]
-    applies: Callable[[onnx.NodeProto, set[str]], bool]
+    applies: Callable[[onnx.NodeProto, GraphFacts], bool]
     why: str
 
 
-def always(node: onnx.NodeProto, constants: set[str]) -> bool:
+def always(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     return True
 
 
-def only_activation_inputs(node: onnx.NodeProto, constants: set[str]) -> bool:
-    return all(name not in constants for name in node.input if name)
+def only_activation_inputs(node: onnx.NodeProto, facts: GraphFacts) -> bool:
+    return all(name not in facts.constants for name in node.input if name)
+
+
+def residual_of_convolution(node: onnx.NodeProto, facts: GraphFacts) -> bool:
+    return only_activation_inputs(node, facts) and any(
+        facts.producers.get(name) in ("Conv", "ConvTranspose") for name in node.input)
 
 
 RULES: tuple[PlacementRule, ...] = (
     PlacementRule(("Conv", "ConvTranspose", "Gemm", "MatMul"), always,
                   "weighted ops run as INT8 kernels: activation input per tensor, weights per output channel; "
                   "a MatMul of two activations (attention's Q.K^T and P.V) quantizes both"),
-    PlacementRule(("Add",), only_activation_inputs,
-                  "a residual Add of two branches is fused into the convolution before it when both are INT8; "
-                  "an Add of a constant (bias, epsilon, HardSwish's +3, position embedding) is pointwise work "
-                  "fused in float"),
+    PlacementRule(("Add",), residual_of_convolution,
+                  "a residual Add fed by a convolution is fused into it when both branches are INT8; an Add of a "
+                  "constant (bias, epsilon, HardSwish's +3, position embedding) is pointwise work fused in float, "
+                  "and a transformer's residual stream stays float for the LayerNorm that reads it"),
     PlacementRule(("GlobalAveragePool", "AveragePool", "MaxPool"), always,
                   "pooling runs in INT8 on an INT8 input"),
     PlacementRule(("Concat",), only_activation_inputs,
@@ -59,7 +72,8 @@ def quantized_op_types(rules: tuple[PlacementRule, ...] = RULES) -> list[str]:
 
 def nodes_kept_float(model: onnx.ModelProto, rules: tuple[PlacementRule, ...] = RULES) -> list[str]:
     """Names of the nodes whose op a rule names but whose condition fails (they stay float)."""
-    constants = set(constant_values(model))
+    facts = GraphFacts(set(constant_values(model)),
+                       {out: node.op_type for node in model.graph.node for out in node.output})
     by_op = {op: rule for rule in rules for op in rule.ops}
     return [node.name for node in model.graph.node
-            if node.op_type in by_op and not by_op[node.op_type].applies(node, constants)]
+            if node.op_type in by_op and not by_op[node.op_type].applies(node, facts)]

@@ -28,7 +28,9 @@ EXAMPLES = 3
 
 @dataclass
 class Candidate:
-    """A model to compare against the reference."""
+    """A model to compare against the reference: ``model`` for accuracy and drift, ``speed_model`` for
+    timing where it differs; an INT8 candidate also names its calibrator, its ranges file and ``source``,
+    the FP32 graph it was quantized from."""
 
     name: str
     precision: str
@@ -37,6 +39,7 @@ class Candidate:
     speed_model: Path | None = None
     calibrator: str | None = None
     ranges: Path | None = None
+    source: Path | None = None
 
 
 def output_metrics(drifts: Sequence[LayerDrift]) -> dict[str, float]:
