@@ -26,7 +26,8 @@ def ranges_document(ranges: Mapping[str, TensorRange], calibrator: Calibrator, p
         "trt_algorithm": calibrator.info.trt_algorithm,
         "provenance": dict(provenance),
         "tensors": {
-            name: {"amax": r.amax, "scale": r.scale, "min": r.min, "max": r.max, "fallback": r.fallback}
+            name: {"amax": r.amax, "scale": r.scale, "min": r.min, "max": r.max, "fallback": r.fallback,
+                   "clipped": r.clipped}
             for name, r in ranges.items()
         },
     }
@@ -46,6 +47,7 @@ def read_ranges(path: Path) -> tuple[dict[str, TensorRange], dict]:
     if document.get("format") != FORMAT:
         raise CalibkitError(f"{path}: not a calibkit ranges file (format {document.get('format')!r})")
     ranges = {
-        name: TensorRange(t["amax"], t["min"], t["max"], t.get("fallback")) for name, t in document["tensors"].items()
+        name: TensorRange(t["amax"], t["min"], t["max"], t.get("fallback"), t.get("clipped", 0.0))
+        for name, t in document["tensors"].items()
     }
     return ranges, document

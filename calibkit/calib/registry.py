@@ -28,6 +28,7 @@ from calibkit.stats.histogram import TensorStats
 
 CalibrateFn = Callable[..., float]
 FALLBACK_AMAX = 1.0
+CLIPPED_WARNING = 0.01
 ENTRY_POINT_GROUP = "calibkit.calibrators"
 
 
@@ -136,12 +137,14 @@ def parse_methods(text: str) -> list[Calibrator]:
 
 @dataclass(frozen=True)
 class TensorRange:
-    """The calibrated symmetric range of one tensor, with the observed extremes for reference."""
+    """The calibrated symmetric range of one tensor, with the observed extremes for reference and the
+    share of calibration values it clips."""
 
     amax: float
     min: float
     max: float
     fallback: str | None = None
+    clipped: float = 0.0
 
     @property
     def scale(self) -> float:
@@ -156,7 +159,9 @@ def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -
     * a tensor whose values are all zero: amax = 1.0 (any scale represents 0 exactly)
     * a constant tensor (one distinct |value|) or a calibrator result that is not a positive finite
       number: amax = the observed absolute maximum
-    One warning lists how many tensors fell back. Tensors are calibrated on a thread per core (NumPy
+    One warning lists how many tensors fell back, another the tensors whose range clips more than
+    :data:`CLIPPED_WARNING` of their calibration values (where a calibrator's objective and the data
+    disagree, as entropy2's does with the spikes a uniform page background puts in a histogram). Tensors are calibrated on a thread per core (NumPy
     releases the GIL in its loops), so a calibrator must be a pure function of its statistics.
     """
     ranges: dict[str, TensorRange] = {}
@@ -167,11 +172,19 @@ def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -
         if reason:
             fell_back.append(f"{name} ({reason})")
         lo, hi = (stats.min, stats.max) if stats.count else (0.0, 0.0)
-        ranges[name] = TensorRange(amax, lo, hi, reason)
+        ranges[name] = TensorRange(amax, lo, hi, reason, stats.fraction_above(amax))
     if fell_back:
         warnings.warn(
             f"{calibrator.label}: {len(fell_back)} tensor(s) used a fallback range: {', '.join(fell_back[:5])}"
             + (" ..." if len(fell_back) > 5 else ""),
+            stacklevel=2,
+        )
+    clipping = sorted(((r.clipped, name) for name, r in ranges.items() if r.clipped > CLIPPED_WARNING), reverse=True)
+    if clipping:
+        warnings.warn(
+            f"{calibrator.label}: {len(clipping)} tensor(s) clip more than {CLIPPED_WARNING:.0%} of their "
+            f"calibration values: " + ", ".join(f"{name} ({share:.1%})" for share, name in clipping[:3])
+            + (" ..." if len(clipping) > 3 else ""),
             stacklevel=2,
         )
     return ranges

@@ -66,6 +66,14 @@ class TensorStats:
         folded[0] += self._zeros_pending
         return folded
 
+    def fraction_above(self, amax: float) -> float:
+        """Share of the values whose |x| exceeds ``amax`` (counted by whole bins above it): what a
+        range of ``amax`` clips."""
+        if not self.count or amax >= self.absmax:
+            return 0.0
+        first = int(np.searchsorted(self.edges, amax, side="right"))
+        return float(self.hist[first:].sum()) / self.count
+
     @property
     def edges(self) -> np.ndarray:
         """The ``bins + 1`` bin edges of :attr:`hist` on the |x| axis."""

@@ -70,3 +70,27 @@ def test_entropy_clips_heavy_tails_but_not_bounded_data():
     uniform = TensorStats("uniform")
     uniform.update(rng.uniform(-1, 1, 200_000).astype(np.float32))
     assert entropy2_amax(uniform) > 0.9 * uniform.absmax
+
+
+def test_spiky_histograms_make_entropy2_clip_the_tail_and_say_so():
+    # What a document page does to PP-PicoDet's first layer: most pixels are the page background, so
+    # a few activation values hold most of the histogram, and the text is a long sparse tail. KL
+    # divergence rewards keeping the spikes in separate bins over covering the tail: entropy2 clips it.
+    import warnings as _warnings
+
+    from calibkit.calib.registry import compute_ranges, get_calibrator
+
+    rng = np.random.default_rng(0)
+    background = rng.choice([0.04, 1.5, 3.07], size=900_000, p=[0.3, 0.3, 0.4])
+    text = rng.exponential(6.0, size=100_000)
+    stats = TensorStats("first_layer")
+    stats.update(np.concatenate([background, text]).astype(np.float32))
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        entropy = compute_ranges({"first_layer": stats}, get_calibrator("entropy2"))["first_layer"]
+        percentile = compute_ranges({"first_layer": stats}, get_calibrator("percentile"))["first_layer"]
+    assert entropy.clipped > 0.03 and percentile.clipped < 0.001
+    assert entropy.clipped == pytest.approx(float(np.mean(np.abs(np.concatenate([background, text])) > entropy.amax)),
+                                            abs=0.01)
+    assert any("entropy2: 1 tensor(s) clip more than 1%" in str(w.message) for w in caught)
+    assert not any("percentile" in str(w.message) and "clip" in str(w.message) for w in caught)
