@@ -319,11 +319,19 @@ def compare_and_report(
     if batch_sizes:
         try:
             speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes))
+            comparison["profiles"] = op_profiles(models, input_shape(preprocess))
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
         write_report(report, comparison, speed, provenance=provenance, **extras)
     return {"comparison": comparison, "speed": speed}
+
+
+def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -> dict[str, dict]:
+    """Where each INT8 model's CPU time goes (:mod:`calibkit.bench.profile`), by candidate name."""
+    from calibkit.bench.profile import profile_ops, summarize
+
+    return {name: summarize(profile_ops(path, shape)) for name, precision, path in models if precision == "int8"}
 
 
 def peak_rss_gb() -> float:

@@ -151,6 +151,8 @@ def test_fixed_batch_model_with_two_outputs_works_in_every_command(image_folder,
         assert [o["tensor"] for o in candidate["outputs"]] == ["logits", "flat"], "every output is compared"
         assert candidate["verdict"]["status"] == "usable"
     assert {row["batch"] for row in document["speed"]} == {1}, "a fixed batch of 1 is timed at 1 only"
+    assert set(comparison["profiles"]) == {"int8 minmax"} and comparison["profiles"]["int8 minmax"]["integer"] > 0
+    assert "Where the INT8 time goes" in (run / "report.html").read_text()
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--images", str(image_folder), "--batch-size", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 12

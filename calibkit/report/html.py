@@ -136,6 +136,7 @@ def write_report(
         batch_sizes=sorted({row["batch"] for row in speed_rows}),
         speed=speed,
         speed_error=comparison.get("speed_error"),
+        profiles=comparison.get("profiles", {}),
         sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
         layer_images=comparison.get("layer_images", comparison["images"]),

@@ -1,0 +1,71 @@
+"""Where a model's CPU time goes, per op type, from ONNX Runtime's own profiler.
+
+An INT8 model is only faster where ONNX Runtime turned its Q/DQ groups into integer kernels; ops it
+could not fuse run in float between a DequantizeLinear and a QuantizeLinear, and pay for both. The
+profile says which share of the time went to integer kernels, to those conversions and to float ops,
+so a report can name the ops that make an INT8 candidate slower than FP32 on this backend.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# Kernels that compute in integers (ONNX Runtime's fused Q/DQ groups and integer ops).
+INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                         "QAttention"})
+CONVERSION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def kind_of(op: str) -> str:
+    """``integer``, ``conversion`` or ``float``."""
+    if op in CONVERSION_OPS:
+        return "conversion"
+    if op.startswith("QLinear") or op in INTEGER_OPS:
+        return "integer"
+    return "float"
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """Total kernel time of one op type over the profiled runs, and its share of all kernel time."""
+
+    op: str
+    ms: float
+    share: float
+    kind: str
+
+
+def profile_ops(model: Path, input_shape: Sequence[int], batch: int = 1, runs: int = 10, seed: int = 0) -> list[OpTime]:
+    """Kernel time per op type over ``runs`` inferences of a random ``(batch, *input_shape)`` input,
+    largest first (shares, not latency: profiling slows every kernel alike)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="calibkit-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        data = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
+        for _ in range(runs):
+            session.run(None, {session.get_inputs()[0].name: data})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"] / 1000.0
+    overall = sum(totals.values()) or 1.0
+    return sorted((OpTime(op, ms, ms / overall, kind_of(op)) for op, ms in totals.items()), key=lambda t: -t.ms)
+
+
+def summarize(times: Sequence[OpTime], top: int = 4) -> dict:
+    """Shares of integer kernels, conversions and float ops, and the float ops that cost the most."""
+    shares = {kind: sum(t.share for t in times if t.kind == kind) for kind in ("integer", "conversion", "float")}
+    return {**shares, "top_float": [{"op": t.op, "share": t.share} for t in times if t.kind == "float"][:top]}
