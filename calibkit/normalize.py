@@ -108,6 +108,9 @@ def normalize(model: onnx.ModelProto, path: Path | str = "model") -> Normalized:
         normalized = onnx.load(options.optimized_model_filepath)
     _keep_used_opsets(normalized)
     _name_nodes(normalized)
+    # ONNX Runtime's saved types describe its own kernels' view; later rewrites (FP16 casts, Q/DQ)
+    # infer shapes afresh, and stale entries would contradict them.
+    del normalized.graph.value_info[:]
     normalized.graph.name = model.graph.name
     ops_before, ops_after = Counter(n.op_type for n in model.graph.node), Counter(n.op_type for n in normalized.graph.node)
     removed = {op: ops_before[op] - ops_after[op] for op in ops_before if ops_before[op] > ops_after[op]}
