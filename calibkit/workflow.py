@@ -196,7 +196,8 @@ def calibrate(
         timings["equalization_s"] = time.perf_counter() - start
     stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
                                shard_size=shard_size)
-    stats.provenance.update({"sampler": sampler, "seed": seed, "pool_size": len(pool),
+    stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
+                             "sampler": sampler, "seed": seed, "pool_size": len(pool),
                              "graph normalisation": graph.summary(), "depthwise equalisation": equalized})
     timings["statistics_s"] = stats.seconds
     stats.save(out / "stats.npz")
@@ -218,7 +219,7 @@ def calibrate(
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
                "coverage": coverage, "sufficiency": enough}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, source, stats, ranges, calibrators, chosen, timings, enough, coverage)
+    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],

@@ -206,3 +206,14 @@ def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, c
     assert code == 3 and "int8 minmax: UNUSABLE" in err
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "int8 minmax: unusable" in html
+
+
+def test_an_already_quantized_model_is_refused_before_any_image_is_read(small_model, image_folder, tmp_path, capsys):
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
+    capsys.readouterr()
+    out = tmp_path / "again"
+    assert main(["calibrate", "--model", str(run / "minmax.qdq.onnx"), "--images", str(tmp_path / "missing"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("calibkit: error:") and "already quantized" in err[0]
+    assert "minmax.qdq.onnx" in err[0] and not list(out.glob("*"))
