@@ -17,10 +17,11 @@ from typing import Mapping, Sequence
 import onnx
 
 from calibkit.artifacts.fp16 import export_fp16
+from calibkit.artifacts.placement import quantized_inputs
 from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.ranges_json import read_ranges, write_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
-from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods
+from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
@@ -203,9 +204,11 @@ def calibrate(
     stats.save(out / "stats.npz")
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
     ranges = {}
+    quantized = quantized_inputs(normalized_model(source).model)
     for label, calibrator in calibrators.items():
         start = time.perf_counter()
         ranges[label] = compute_ranges(stats.tensors, calibrator)
+        warn_clipping(label, ranges[label], quantized)
         timings[f"{label}_s"] = time.perf_counter() - start
         scales = {name: r.scale for name, r in ranges[label].items()}
         write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)

@@ -19,7 +19,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from calibkit.stats.histogram import TensorStats
 
 CalibrateFn = Callable[..., float]
 FALLBACK_AMAX = 1.0
+# Clipping more than this share of a tensor's calibration values is worth a warning: where a calibrator's
+# objective and the data disagree (entropy2 on the histogram spikes of a uniform page background).
 CLIPPED_WARNING = 0.01
 ENTRY_POINT_GROUP = "calibkit.calibrators"
 
@@ -159,9 +161,8 @@ def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -
     * a tensor whose values are all zero: amax = 1.0 (any scale represents 0 exactly)
     * a constant tensor (one distinct |value|) or a calibrator result that is not a positive finite
       number: amax = the observed absolute maximum
-    One warning lists how many tensors fell back, another the tensors whose range clips more than
-    :data:`CLIPPED_WARNING` of their calibration values (where a calibrator's objective and the data
-    disagree, as entropy2's does with the spikes a uniform page background puts in a histogram). Tensors are calibrated on a thread per core (NumPy
+    One warning lists how many tensors fell back. Each range records the share of calibration values it
+    clips by more than one INT8 step (see :func:`warn_clipping`). Tensors are calibrated on a thread per core (NumPy
     releases the GIL in its loops), so a calibrator must be a pure function of its statistics.
     """
     ranges: dict[str, TensorRange] = {}
@@ -172,22 +173,28 @@ def compute_ranges(tensors: Mapping[str, TensorStats], calibrator: Calibrator) -
         if reason:
             fell_back.append(f"{name} ({reason})")
         lo, hi = (stats.min, stats.max) if stats.count else (0.0, 0.0)
-        ranges[name] = TensorRange(amax, lo, hi, reason, stats.fraction_above(amax))
+        ranges[name] = TensorRange(amax, lo, hi, reason, stats.fraction_above(amax * (1 + 1 / 127)))
     if fell_back:
         warnings.warn(
             f"{calibrator.label}: {len(fell_back)} tensor(s) used a fallback range: {', '.join(fell_back[:5])}"
             + (" ..." if len(fell_back) > 5 else ""),
             stacklevel=2,
         )
-    clipping = sorted(((r.clipped, name) for name, r in ranges.items() if r.clipped > CLIPPED_WARNING), reverse=True)
+    return ranges
+
+
+def warn_clipping(label: str, ranges: Mapping[str, TensorRange], names: Iterable[str]) -> None:
+    """One warning naming the tensors among ``names`` whose range clips more than
+    :data:`CLIPPED_WARNING` of their calibration values by more than one INT8 step."""
+    clipping = sorted(((ranges[n].clipped, n) for n in names if n in ranges and ranges[n].clipped > CLIPPED_WARNING),
+                      reverse=True)
     if clipping:
         warnings.warn(
-            f"{calibrator.label}: {len(clipping)} tensor(s) clip more than {CLIPPED_WARNING:.0%} of their "
-            f"calibration values: " + ", ".join(f"{name} ({share:.1%})" for share, name in clipping[:3])
+            f"{label}: {len(clipping)} quantized tensor(s) clip more than {CLIPPED_WARNING:.0%} of their calibration "
+            "values: " + ", ".join(f"{name} ({share:.1%})" for share, name in clipping[:3])
             + (" ..." if len(clipping) > 3 else ""),
             stacklevel=2,
         )
-    return ranges
 
 
 def _amax_with_fallback(stats: TensorStats, calibrator: Calibrator) -> tuple[float, str | None]:

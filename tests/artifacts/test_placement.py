@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibkit.artifacts.placement import RULES, quantized_op_types
+from calibkit.artifacts.placement import RULES, quantized_inputs, quantized_op_types
 from calibkit.artifacts.qdq import export_qdq
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange, compute_ranges, get_calibrator
@@ -117,3 +117,12 @@ def test_attention_matmuls_are_quantized_and_bias_softmax_stay_float(tmp_path):
 def test_every_rule_documents_itself():
     assert all(rule.why and rule.ops for rule in RULES)
     assert len(set(quantized_op_types())) == len(quantized_op_types()), "an op has one rule"
+
+
+def test_quantized_inputs_name_what_gets_a_pair(paddle_run):
+    model, _, ranges, root = paddle_run
+    graph = normalized_model(model).model
+    quantized = onnx.load(str(export_qdq(model, ranges, root / "names.onnx")))
+    paired = {node.input[0] for node in quantized.graph.node if node.op_type == "QuantizeLinear"}
+    assert quantized_inputs(graph) == paired
+    assert "image" in paired and not any(name.endswith("plus3") for name in paired)
