@@ -252,8 +252,7 @@ def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
 
 def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
     """Shape of one preprocessed image without the batch axis."""
-    h, w = preprocess.size
-    return (3, h, w) if preprocess.layout == "NCHW" else (h, w, 3)
+    return preprocess.input_shape()
 
 
 def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",

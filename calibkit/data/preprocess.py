@@ -80,6 +80,11 @@ class Preprocess:
             "layout": self.layout,
         }
 
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one preprocessed image, without the batch axis."""
+        h, w = self.size
+        return (3, h, w) if self.layout == "NCHW" else (h, w, 3)
+
     def describe(self) -> str:
         """One line for reports: what was done to every image, in order."""
         h, w = self.size or (0, 0)

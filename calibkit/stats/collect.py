@@ -19,13 +19,17 @@ from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.fileio import atomic_path
 from calibkit.normalize import normalized_model
-from calibkit.onnx_model import file_sha256, float_activations
+from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
 from calibkit.stats.clamps import derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 
 # Images per inference in the statistics pass: single images measured fastest (see below).
 STATS_BATCH_SIZE = 1
+
+# Exposed activations of the inferences in flight (computed, not yet folded) stay under about this much:
+# PP-PicoDet at 800x608 exposes 0.81 GB per image, EfficientNet-Lite0 at 224x224 40 MB.
+INFLIGHT_BYTES = 1 << 30
 
 # Version of the stats.npz layout; 2: signed histograms and exact-zero counts.
 STATS_FORMAT = 2
@@ -117,8 +121,11 @@ def collect_statistics(
         bar.update(len(batch_items))
 
     # Up to two batches are queued for inference on one thread while the histograms of the oldest
-    # are updated (ONNX Runtime and the C binning kernel release the GIL). One inference at a time on
-    # single images measured fastest: the activations of one image stay in cache for the histograms.
+    # are updated (ONNX Runtime and the C binning kernel release the GIL), fewer where their exposed
+    # activations would pass INFLIGHT_BYTES. One inference at a time on single images measured fastest:
+    # the activations of one image stay in cache for the histograms.
+    per_batch = sum(activation_bytes(model, (batch_size, *preprocess.input_shape())).get(n, 0) for n in measured)
+    depth = max(1, min(2, INFLIGHT_BYTES // max(per_batch, 1)))
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
         queued: deque[tuple[list[ImageItem], Future]] = deque()
 
@@ -128,7 +135,7 @@ def collect_statistics(
 
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
             queued.append((batch.items, inference.submit(session.run, batch.array, measured)))
-            if len(queued) > 2:
+            if len(queued) > depth:
                 fold_oldest()
         while queued:
             fold_oldest()
