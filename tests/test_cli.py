@@ -37,6 +37,16 @@ def test_empty_folder(small_model, tmp_path):
                           "no images found")
 
 
+def test_images_both_at_the_top_and_in_a_subfolder_are_refused_not_half_read(small_model, image_folder, tmp_path):
+    from tests.conftest import write_images
+
+    write_images(image_folder / "rejected", 1)
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out",
+                     str(tmp_path / "run"), "--samples", "0")
+    assert_one_line_error(result, "12 image(s) at the top level and 1 in subfolders (rejected)", "use one layout")
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
 def test_non_image_and_truncated_files_then_skip_bad(small_model, image_folder):
     (image_folder / "notes.jpg").write_text("this is text")
     good = (image_folder / "img_000.jpg").read_bytes()

@@ -52,7 +52,8 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
     """List the images under ``root`` in a stable order, with labels when the layout provides them.
 
     Precedence: an explicit ``labels`` CSV, then ``root/labels.csv``, then class-per-subfolder
-    (classes numbered in sorted folder order, like torchvision's ImageFolder), then a flat folder.
+    (classes numbered in sorted folder order, like torchvision's ImageFolder), then a flat folder. A folder
+    with images both at the top level and in subfolders is refused rather than half read.
     """
     root = Path(root)
     if not root.exists():
@@ -71,6 +72,12 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
             if _is_image(path)
         ]
         flat = [ImageItem(path) for path in sorted(root.iterdir()) if _is_image(path)]
+        if folder_items and flat:
+            with_images = [sub.name for sub in subdirs if any(_is_image(p) for p in sub.rglob("*"))]
+            raise CalibkitError(
+                f"{root}: {len(flat)} image(s) at the top level and {len(folder_items)} in subfolders "
+                f"({', '.join(with_images[:3])}{', ...' if len(with_images) > 3 else ''}); use one layout: only "
+                "images, only class subfolders, or a labels.csv listing the files to use")
         items = folder_items or flat
     if not items:
         raise CalibkitError(
