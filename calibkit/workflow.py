@@ -32,7 +32,7 @@ from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
 from calibkit.samplers.coverage import coverage_report
-from calibkit.samplers.embedding import thumbnail_embeddings
+from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.channels import channel_absmax
@@ -183,6 +183,8 @@ def calibrate(
     pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    if skip_bad and samples and samples < len(pool):
+        pool, _ = readable_embeddings(pool, skip_bad=True)
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
     coverage = None

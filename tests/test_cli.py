@@ -60,6 +60,17 @@ def test_non_image_and_truncated_files_then_skip_bad(small_model, image_folder):
     assert "skipped 2 unreadable image(s)" in skipped.stderr
 
 
+@pytest.mark.parametrize("sampler", ["random", "kmeans"])
+def test_skip_bad_holds_when_a_subset_is_sampled(small_model, image_folder, tmp_path, sampler):
+    (image_folder / "img_003.jpg").write_bytes((image_folder / "img_003.jpg").read_bytes()[:200])
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out",
+                     str(tmp_path / "run"), "--samples", "4", "--sampler", sampler, "--method", "minmax", "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 unreadable image(s) of 12" in result.stderr
+    used = (tmp_path / "run" / "images.txt").read_text().splitlines()
+    assert len(used) == 4 and not any(line.endswith("img_003.jpg") for line in used)
+
+
 def test_model_without_image_input(tmp_path, image_folder):
     from onnx import TensorProto, helper, save
 

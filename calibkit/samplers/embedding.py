@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import decode_image
+from calibkit.errors import CalibkitError
 
 THUMBNAIL = 16
 
@@ -31,16 +33,39 @@ def thumbnail_embeddings(items: Sequence[ImageItem], workers: int = 4) -> np.nda
 
     The last pool's embeddings are kept, so sampling and its coverage report decode the pool once.
     """
+    return readable_embeddings(items, workers)[1]
+
+
+def readable_embeddings(items: Sequence[ImageItem], workers: int = 4,
+                        skip_bad: bool = False) -> tuple[list[ImageItem], np.ndarray]:
+    """The readable items and their embeddings (see :func:`thumbnail_embeddings`). With ``skip_bad``,
+    unreadable images are left out and counted in one warning; without it the first one raises."""
     global _last
     key = tuple(item.path for item in items)
     if _last is not None and _last[0] == key:
-        return _last[1]
+        return list(items), _last[1]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = np.stack(list(pool.map(_thumbnail, items)))
-    rows -= rows.mean(axis=0)
-    rows /= rows.std(axis=0) + 1e-6
-    _last = (key, rows)
-    return rows
+        rows = list(pool.map(lambda item: _thumbnail_or_none(item, skip_bad), items))
+    kept = [item for item, row in zip(items, rows) if row is not None]
+    if len(kept) < len(items):
+        warnings.warn(f"skipped {len(items) - len(kept)} unreadable image(s) of {len(items)} (--skip-bad)",
+                      stacklevel=2)
+    if not kept:
+        raise CalibkitError("no image of the folder could be read; check the --images folder")
+    table = np.stack([row for row in rows if row is not None])
+    table -= table.mean(axis=0)
+    table /= table.std(axis=0) + 1e-6
+    _last = (tuple(item.path for item in kept), table)
+    return kept, table
+
+
+def _thumbnail_or_none(item: ImageItem, skip_bad: bool) -> np.ndarray | None:
+    try:
+        return _thumbnail(item)
+    except CalibkitError:
+        if skip_bad:
+            return None
+        raise
 
 
 def squared_distances(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
