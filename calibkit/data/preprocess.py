@@ -185,18 +185,28 @@ def get_preset(name: str) -> Preprocess:
 
 
 def decode_image(path: Path) -> Image.Image:
-    """Open ``path`` fully, apply its EXIF orientation and convert grayscale/CMYK/RGBA/palette to RGB."""
+    """Open ``path`` fully, apply its EXIF orientation and convert it to 8-bit RGB.
+
+    16-bit and 32-bit integer grayscale (``I;16``, ``I``) is scaled to 0-255 by its bit depth, not
+    clipped (which turns a 16-bit photo white). Alpha is dropped and the colour of every pixel kept, as
+    the model would see the image's RGB data; transparent pixels are not painted over."""
     try:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGB", image.size, (255, 255, 255))
-                background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-                return background
+            if image.mode.startswith("I;16") or image.mode == "I":
+                return Image.fromarray(_to_8bit(np.asarray(image)), "L").convert("RGB")
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGBA")
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CalibkitError(f"{path}: not a readable image ({exc}); remove it or pass --skip-bad") from exc
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """Integer grayscale to uint8: 16-bit data divided by 257 (65535 -> 255), rounded."""
+    scaled = np.asarray(values, dtype=np.float64) / 257.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def fit_to_model(

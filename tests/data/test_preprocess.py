@@ -43,6 +43,25 @@ def test_any_colour_mode_becomes_rgb(tmp_path, mode):
     assert image.mode == "RGB" and image.size == (8, 8)
 
 
+def test_16_bit_grayscale_is_scaled_by_its_depth_not_clipped_white(tmp_path):
+    values = np.array([[0, 257, 1000], [32768, 60000, 65535]], dtype=np.uint16)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I"), "Pillow keeps the 16-bit data"
+    decoded = np.asarray(decode_image(path))
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(decoded, np.repeat(expected[:, :, None], 3, axis=2))
+
+
+def test_transparent_pixels_keep_their_colour(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = [[[10, 20, 30], [40, 50, 60]], [[70, 80, 90], [200, 210, 220]]]
+    rgba[..., 3] = [[0, 255], [128, 0]]
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    np.testing.assert_array_equal(np.asarray(decode_image(path)), rgba[..., :3])
+
+
 def test_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()
