@@ -29,18 +29,28 @@ def ensure_writable_dir(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
+    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
+    ``mkstemp``'s private 0600."""
     final = Path(final)
     ensure_writable_dir(final.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(final: Path, text: str) -> Path:

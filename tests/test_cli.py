@@ -238,3 +238,15 @@ def test_an_already_quantized_model_is_refused_before_any_image_is_read(small_mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("calibkit: error:") and "already quantized" in err[0]
     assert "minmax.qdq.onnx" in err[0] and not list(out.glob("*"))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_honour_the_umask(small_model, image_folder, tmp_path, umask, mode):
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "calibkit.cli", "calibrate", "--model", str(small_model), "--images",
+                           str(image_folder), "--out", str(run), "--method", "minmax", "--samples", "0"],
+                          capture_output=True, text=True, env={**os.environ, "CALIBKIT_QUIET": "1"},
+                          preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr
+    modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir()}
+    assert set(modes.values()) == {mode}, modes
