@@ -163,6 +163,7 @@ def _gate(result: dict) -> int:
 
 def _summarise(result: dict, report: Path) -> None:
     """The verdict and the task's main metrics per candidate, on stderr."""
+    from calibkit.bench.table import speed_text
     from calibkit.compare.verdict import verdict_line
     from calibkit.tasks.base import Metric
 
@@ -181,7 +182,7 @@ def _summarise(result: dict, report: Path) -> None:
                  if c["metrics"].get(m.key) is not None][:4]
         speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["speedup"]]
         if speed:
-            shown.append(f"{speed[-1]['speedup']:.2f}x FP32 at batch {speed[-1]['batch']}")
+            shown.append(speed_text(speed[-1]))
         lines.append(f"  {verdict_line(c['name'], c['verdict'])}")
         lines.append(f"      {'  '.join(shown)}  output SQNR {c['metrics']['output_sqnr']:.1f} dB")
     print("\n".join(lines), file=sys.stderr)
@@ -259,7 +260,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     backends = available_backends() if args.backend == "all" else [args.backend]
     sizes = usable_batch_sizes(args.model, args.batch_sizes)
     rows = [row for backend in backends for row in bench_models(models, shape, sizes, backend)]
-    print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup"]))
+    print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup",
+                              "speedup_low", "speedup_high", "noisy"]))
     if args.json:
         from calibkit.fileio import write_text_atomic
 

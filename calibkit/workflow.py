@@ -229,17 +229,19 @@ def calibrate(
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
                  batch_sizes: Sequence[int] = (1, 8, 32), backend: str = "ort-cpu") -> list[dict]:
-    """Speed rows for ``(name, precision, path)`` models on one backend, with speedups over ``fp32``."""
+    """Speed rows for ``(name, precision, path)`` models on one backend, timed side by side in rounds
+    (:mod:`calibkit.bench.speed`), with speedups over ``fp32`` and their spread. ONNX Runtime sessions
+    return their activation memory after each run, so holding every model at once stays bounded."""
     from calibkit.backends import load
-    from calibkit.bench.speed import measure, with_ratios
+    from calibkit.bench.speed import measure_interleaved, with_ratios
 
-    results = []
-    with progress(len(models) * len(batch_sizes), "benchmarking", unit="setting") as bar:
-        for name, precision, path in models:
-            session = load(path, precision, backend)
-            for result in measure(session, input_shape, name, precision, batch_sizes):
-                results.append(result)
-                bar.update(1)
+    options = {"arena": False} if backend.startswith("ort") else {}
+    sessions = [(name, precision, load(path, precision, backend, **options)) for name, precision, path in models]
+    with progress(len(batch_sizes), "benchmarking (interleaved rounds)", unit="batch size") as bar:
+        results = []
+        for batch in batch_sizes:
+            results.extend(measure_interleaved(sessions, input_shape, [batch]))
+            bar.update(1)
     return with_ratios(results)
 
 

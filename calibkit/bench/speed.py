@@ -1,19 +1,30 @@
-"""Latency percentiles and throughput of a session at several batch sizes, after warm-up."""
+"""Latency of several sessions measured side by side: round-robin rounds, medians, and their spread.
+
+On a shared machine the load changes while a benchmark runs, so timing one model after another turns
+that drift into false ratios (two identical INT8 models once came out at 21 and 57 ms). Here every
+session runs on the same input in each round, in an order that rotates by one each round; a speedup
+is the median over rounds of the per-round ratio, reported with its range, and a setting whose rounds
+disagree by more than :data:`NOISY_SPREAD` is flagged noisy rather than printed as fact.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from calibkit.backends.base import Session
 
+# A ratio whose highest round exceeds its lowest by more than this factor is called noisy.
+NOISY_SPREAD = 1.25
+
 
 @dataclass(frozen=True)
 class SpeedResult:
-    """One (candidate, backend, batch size) measurement; latencies in milliseconds per batch."""
+    """One (candidate, backend, batch size) measurement; latencies in milliseconds per batch.
+    ``round_ms`` holds the median latency of each round, in round order."""
 
     candidate: str
     precision: str
@@ -24,53 +35,75 @@ class SpeedResult:
     p99_ms: float
     images_per_s: float
     runs: int
+    round_ms: tuple[float, ...] = field(default=())
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def measure(
-    session: Session,
+def measure_interleaved(
+    sessions: Sequence[tuple[str, str, Session]],
     input_shape: Sequence[int],
-    candidate: str,
-    precision: str,
     batch_sizes: Sequence[int] = (1, 8, 32),
-    warmup: int = 3,
-    min_runs: int = 10,
-    min_seconds: float = 1.0,
+    rounds: int = 5,
+    runs: int = 3,
+    warmup: int = 2,
     seed: int = 0,
 ) -> list[SpeedResult]:
-    """Time ``session.run`` on random inputs of ``input_shape`` (without the batch axis).
-
-    Each batch size runs ``warmup`` untimed calls, then at least ``min_runs`` timed calls and at least
-    ``min_seconds`` of them.
-    """
+    """Time ``(name, precision, session)`` triples on one random input per batch size: ``warmup``
+    untimed calls each, then ``rounds`` rounds of ``runs`` timed calls per session, the session order
+    rotating each round."""
     rng = np.random.default_rng(seed)
     results = []
     for batch in batch_sizes:
         data = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        for _ in range(warmup):
-            session.run(data)
-        times: list[float] = []
-        started = time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - started < min_seconds:
-            tick = time.perf_counter()
-            session.run(data)
-            times.append(time.perf_counter() - tick)
-        ms = np.array(times) * 1000
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        results.append(
-            SpeedResult(candidate, precision, session.backend, batch, float(p50), float(p90), float(p99),
-                        float(batch * len(ms) / (ms.sum() / 1000)), len(ms))
-        )
+        for _, _, session in sessions:
+            for _ in range(warmup):
+                session.run(data)
+        times: list[list[list[float]]] = [[] for _ in sessions]
+        for round_index in range(rounds):
+            order = list(range(len(sessions)))
+            shift = round_index % len(order)
+            for index in order[shift:] + order[:shift]:
+                calls = []
+                for _ in range(runs):
+                    tick = time.perf_counter()
+                    sessions[index][2].run(data)
+                    calls.append((time.perf_counter() - tick) * 1000)
+                times[index].append(calls)
+        for (name, precision, session), per_round in zip(sessions, times):
+            ms = np.concatenate(per_round)
+            p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+            results.append(SpeedResult(name, precision, session.backend, batch, float(p50), float(p90), float(p99),
+                                       float(batch * len(ms) / (ms.sum() / 1000)), len(ms),
+                                       tuple(float(np.median(r)) for r in per_round)))
     return results
 
 
+def measure(session: Session, input_shape: Sequence[int], candidate: str, precision: str,
+            batch_sizes: Sequence[int] = (1, 8, 32), rounds: int = 5, runs: int = 3) -> list[SpeedResult]:
+    """:func:`measure_interleaved` for one session."""
+    return measure_interleaved([(candidate, precision, session)], input_shape, batch_sizes, rounds, runs)
+
+
 def with_ratios(results: Sequence[SpeedResult], baseline: str = "fp32") -> list[dict]:
-    """Rows with ``speedup`` = baseline p50 / p50 for the same backend and batch size."""
-    base = {(r.backend, r.batch): r.p50_ms for r in results if r.precision == baseline}
+    """Rows with ``speedup`` = median over rounds of (baseline round latency / round latency) for the same
+    backend and batch size, its lowest and highest round (``speedup_low``, ``speedup_high``) and
+    ``noisy`` when they differ by more than :data:`NOISY_SPREAD` (for the baseline itself: when its own
+    rounds do). Without rounds, the p50 ratio."""
+    base = {(r.backend, r.batch): r for r in results if r.precision == baseline}
     rows = []
     for r in results:
         ref = base.get((r.backend, r.batch))
-        rows.append({**r.to_dict(), "speedup": ref / r.p50_ms if ref else None})
+        row = {**r.to_dict(), "speedup": None, "speedup_low": None, "speedup_high": None, "noisy": False}
+        if r is ref and r.round_ms:
+            row.update(speedup=1.0, noisy=bool(max(r.round_ms) > NOISY_SPREAD * min(r.round_ms)))
+        elif ref is not None and ref.round_ms and len(ref.round_ms) == len(r.round_ms):
+            ratios = np.array(ref.round_ms) / np.array(r.round_ms)
+            low, high = float(ratios.min()), float(ratios.max())
+            row.update(speedup=float(np.median(ratios)), speedup_low=low, speedup_high=high,
+                       noisy=bool(high > NOISY_SPREAD * low))
+        elif ref is not None:
+            row["speedup"] = ref.p50_ms / r.p50_ms
+        rows.append(row)
     return rows

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -137,6 +139,7 @@ def write_report(
         speed=speed,
         speed_error=comparison.get("speed_error"),
         profiles=comparison.get("profiles", {}),
+        machine=f"{os.cpu_count()} CPU cores ({platform.machine()})",
         sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
         layer_images=comparison.get("layer_images", comparison["images"]),
