@@ -18,7 +18,7 @@ import onnx
 
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.placement import quantized_inputs
-from calibkit.artifacts.qdq import export_qdq
+from calibkit.artifacts.qdq import export_qdq, resolve_exclusions
 from calibkit.artifacts.ranges_json import read_ranges, write_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping
@@ -180,6 +180,7 @@ def calibrate(
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     graph = normalized_graph(model, spec)
+    resolve_exclusions(graph.model, exclude)
     pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -250,3 +250,13 @@ def test_written_files_honour_the_umask(small_model, image_folder, tmp_path, uma
     assert done.returncode == 0, done.stderr
     modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir()}
     assert set(modes.values()) == {mode}, modes
+
+
+@pytest.mark.parametrize("option,fragment", [(["--exclude", "no_such_node"], "--exclude 'no_such_node' matches no node"),
+                                             (["--method", "percentile:150"], "percentile")])
+def test_bad_options_stop_before_the_statistics_pass(small_model, image_folder, tmp_path, option, fragment):
+    run = tmp_path / "run"
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                     "--samples", "0", *option)
+    assert_one_line_error(result, fragment)
+    assert not (run / "stats.npz").exists() and not list(run.glob("*.json"))

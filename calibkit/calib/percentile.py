@@ -9,11 +9,16 @@ from calibkit.errors import CalibkitError
 from calibkit.stats.histogram import TensorStats
 
 
-@register_calibrator("percentile", arg_name="percentile", defaults={"percentile": 99.99})
+# Below the median a "percentile" range would clip most values: a typo, not a calibration.
+PERCENTILE_RANGE = (50.0, 100.0)
+
+
+@register_calibrator("percentile", arg_name="percentile", defaults={"percentile": 99.99}, arg_range=PERCENTILE_RANGE)
 def percentile_amax(stats: TensorStats, percentile: float = 99.99) -> float:
     """|x| value below which ``percentile`` % of the values lie, interpolated inside its bin."""
-    if not 50.0 <= percentile <= 100.0:
-        raise CalibkitError(f"percentile must be in [50, 100], got {percentile}")
+    low, high = PERCENTILE_RANGE
+    if not low <= percentile <= high:
+        raise CalibkitError(f"percentile must be in [{low:g}, {high:g}], got {percentile}")
     cumulative = np.concatenate([[0.0], np.cumsum(stats.hist, dtype=np.float64)])
     target = cumulative[-1] * percentile / 100.0
     k = int(np.searchsorted(cumulative, target, side="left"))

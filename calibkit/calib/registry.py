@@ -44,6 +44,7 @@ class CalibratorInfo:
     arg_name: str | None = None
     arg_type: type = float
     defaults: Mapping[str, object] = field(default_factory=dict)
+    arg_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,18 @@ def register_calibrator(
     arg_name: str | None = None,
     arg_type: type = float,
     defaults: Mapping[str, object] | None = None,
+    arg_range: tuple[float, float] | None = None,
 ) -> Callable[[CalibrateFn], CalibrateFn]:
     """Decorator: register ``fn(stats, **params) -> amax`` as calibrator ``name``.
 
     ``arg_name`` names the parameter set by ``name:value`` on the command line. ``trt_algorithm``
     is the algorithm written into the TensorRT cache header (a TensorRT 10 calibrator of that kind
-    replays the cache).
+    replays the cache). ``arg_range`` (inclusive) is checked when the method is parsed, before any
+    image is read.
     """
 
     def decorate(fn: CalibrateFn) -> CalibrateFn:
-        _REGISTRY[name] = CalibratorInfo(name, fn, trt_algorithm, arg_name, arg_type, dict(defaults or {}))
+        _REGISTRY[name] = CalibratorInfo(name, fn, trt_algorithm, arg_name, arg_type, dict(defaults or {}), arg_range)
         return fn
 
     return decorate
@@ -123,6 +126,9 @@ def get_calibrator(spec: str) -> Calibrator:
             params[info.arg_name] = info.arg_type(value)
         except ValueError as exc:
             raise CalibkitError(f"method {spec!r}: {value!r} is not a valid {info.arg_name}") from exc
+        low, high = info.arg_range or (-math.inf, math.inf)
+        if not low <= params[info.arg_name] <= high:
+            raise CalibkitError(f"method {spec!r}: {info.arg_name} must be in [{low:g}, {high:g}]")
     return Calibrator(info, params)
 
 
