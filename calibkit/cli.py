@@ -190,9 +190,13 @@ def _summarise(result: dict, report: Path) -> None:
 
 def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None) -> int:
     from calibkit.data.images import discover_images
-    from calibkit.workflow import compare_and_report
+    from calibkit.workflow import calibration_overlap, compare_and_report
 
     items = discover_images(args.images, args.labels)
+    items, overlap_note = calibration_overlap(items, candidates, args.exclude_calibration_images)
+    note = " ".join(n for n in (note, overlap_note) if n) or None
+    if overlap_note:
+        print(f"calibkit: note: {overlap_note}", file=sys.stderr)
     report = args.report or (args.out / "report.html")
     spec = _preprocess(args)
     fail_on = list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
@@ -285,6 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.no_equalize = False
+    args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True
     note = None
@@ -380,6 +385,8 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
         group.add_argument("--out", type=Path, default=out_default, help="folder for the report and exports")
     group.add_argument("--report", type=Path, help="HTML report path (default: <out>/report.html)")
     group.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    group.add_argument("--exclude-calibration-images", action="store_true",
+                       help="evaluate only on images no INT8 candidate was calibrated on (the demo does)")
     group.add_argument("--bench-batch-sizes", type=_batch_sizes, default=[1, 8, 32])
     group.add_argument("--fail-on", action="append", default=[], metavar="RULE",
                        help="exit 3 when a candidate meets RULE, e.g. recall<0.95, top1-drop>1, cer>5")

@@ -342,6 +342,27 @@ def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -
     return {name: summarize(profile_ops(path, shape)) for name, precision, path in models if precision == "int8"}
 
 
+def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candidate],
+                        exclude: bool = False) -> tuple[list[ImageItem], str | None]:
+    """The evaluation items (without the images any INT8 candidate was calibrated on, with ``exclude``)
+    and a sentence for the report when the two sets overlap."""
+    used: set[Path] = set()
+    for candidate in candidates:
+        listed = candidate.ranges.parent / "images.txt" if candidate.ranges is not None else None
+        if listed is not None and listed.is_file():
+            used.update(Path(line).resolve() for line in listed.read_text(encoding="utf-8").splitlines() if line)
+    shared = [item for item in items if item.path.resolve() in used]
+    if not shared:
+        return list(items), None
+    if not exclude:
+        return list(items), (f"{len(shared)} of the {len(items)} evaluation images were also calibration images; "
+                             "scores on them can flatter INT8 (--exclude-calibration-images leaves them out).")
+    kept = [item for item in items if item.path.resolve() not in used]
+    if not kept:
+        raise CalibkitError("every evaluation image was a calibration image; pass other --images to evaluate on")
+    return kept, f"{len(shared)} calibration images left out of the evaluation; {len(kept)} evaluated."
+
+
 def peak_rss_gb() -> float:
     """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

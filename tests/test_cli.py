@@ -260,3 +260,17 @@ def test_bad_options_stop_before_the_statistics_pass(small_model, image_folder, 
                      "--samples", "0", *option)
     assert_one_line_error(result, fragment)
     assert not (run / "stats.npz").exists() and not list(run.glob("*.json"))
+
+
+def test_calibration_images_in_the_evaluation_are_named_or_left_out(small_model, image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "4"]) == 0
+    common = ["compare", "--model", str(small_model), "--images", str(image_folder), "--candidates", f"int8:{run}",
+              "--no-bench"]
+    assert main(common + ["--out", str(tmp_path / "all")]) == 0
+    shared = json.loads((tmp_path / "all" / "report.json").read_text())["comparison"]
+    assert shared["images"] == 12 and "4 of the 12 evaluation images were also calibration images" in shared["note"]
+    assert main(common + ["--out", str(tmp_path / "held_out"), "--exclude-calibration-images"]) == 0
+    held_out = json.loads((tmp_path / "held_out" / "report.json").read_text())["comparison"]
+    assert held_out["images"] == 8 and "4 calibration images left out" in held_out["note"]

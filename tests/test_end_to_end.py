@@ -41,7 +41,8 @@ def test_demo_writes_a_complete_report(demo_model, shared_images, tmp_path, caps
                  "--sensitivity-images", "20", "--bench-batch-sizes", "1"]) == 0
     document = json.loads((out / "report.json").read_text())
     comparison = document["comparison"]
-    assert comparison["images"] == 1000 and comparison["labelled"]
+    assert comparison["images"] == 900 and comparison["labelled"], "the demo evaluates on images it did not calibrate on"
+    assert "100 calibration images left out of the evaluation" in comparison["note"]
     assert [c["name"] for c in comparison["candidates"]] == ["int8 minmax", "fp16"]
     sensitivity = comparison["sensitivity"]
     assert len(sensitivity["ranking"]) == 50 and sensitivity["budget"]["met"]
