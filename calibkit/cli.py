@@ -55,7 +55,7 @@ def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group.add_argument("--std", type=_floats3, help="R,G,B std on the 0-255 scale (overrides the preset)")
     group.add_argument("--crop", type=float, help="centre-crop fraction of the short side (default 224/256)")
     group.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
-    group.add_argument("--batch-size", type=int, help=BATCH_HELP)
+    group.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
     group.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a counted warning")
 
 
@@ -118,6 +118,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{'  '.join(shown)}  on {result.images} images", file=sys.stderr)
     _print_json(summary)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -319,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="random", help="random, stratified, kmeans, all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder for caches, JSON, stats")
-    p.add_argument("--trt-version", type=int, default=DEFAULT_TRT_VERSION, help="version number in the cache header")
+    p.add_argument("--trt-version", type=_positive_int, default=DEFAULT_TRT_VERSION,
+                   help="version number in the cache header")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
     p.add_argument("--no-equalize", action="store_true",
@@ -362,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--sampler", default="random")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, help=BATCH_HELP)
+    p.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
     _add_compare_options(p, out_default=None, with_out=False)
     p.set_defaults(func=cmd_demo, accuracy_budget=0.5)
     return parser
@@ -396,7 +407,8 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--accuracy-budget", type=float,
                        help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
                             "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")
-    group.add_argument("--sensitivity-images", type=int, default=100, help="images for the sensitivity ranking")
+    group.add_argument("--sensitivity-images", type=_positive_int, default=100,
+                       help="images for the sensitivity ranking")
     group.add_argument("--budget-metric", choices=["auto", "top1", "agreement"], default="auto",
                        help="what the budget limits: top-1 drop (auto with labels) or top-1 agreement loss")
 

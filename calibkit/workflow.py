@@ -21,7 +21,8 @@ from calibkit.artifacts.placement import quantized_inputs
 from calibkit.artifacts.qdq import export_qdq, resolve_exclusions
 from calibkit.artifacts.ranges_json import read_ranges, write_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
-from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping
+from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, get_calibrator, parse_methods,
+                                     warn_clipping)
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
@@ -78,6 +79,14 @@ def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] =
     return paths
 
 
+def method_label(text: str) -> str:
+    """``percentile:99.99`` or ``percentile-99.99`` -> ``percentile-99.99`` (the run's file label)."""
+    try:
+        return get_calibrator(text).label
+    except CalibkitError:
+        return text
+
+
 def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = None,
                     exclude: Sequence[str] = ()) -> list[Candidate]:
     """One INT8 candidate per calibrator of ``run_dir``, exporting any Q/DQ model not yet there."""
@@ -85,7 +94,7 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     found = sorted(p.name[: -len(".json")] for p in run_dir.glob("*.json") if p.name != "summary.json")
     if not found:
         raise CalibkitError(f"{run_dir}: no calibration JSON found; run calibkit calibrate --out {run_dir} first")
-    chosen = list(labels) if labels else found
+    chosen = [method_label(label) for label in labels] if labels else found
     missing = [label for label in chosen if label not in found]
     if missing:
         raise CalibkitError(f"{run_dir}: no ranges for {', '.join(missing)}; available: {', '.join(found)}")

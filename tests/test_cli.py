@@ -274,3 +274,15 @@ def test_calibration_images_in_the_evaluation_are_named_or_left_out(small_model,
     assert main(common + ["--out", str(tmp_path / "held_out"), "--exclude-calibration-images"]) == 0
     held_out = json.loads((tmp_path / "held_out" / "report.json").read_text())["comparison"]
     assert held_out["images"] == 8 and "4 calibration images left out" in held_out["note"]
+
+
+def test_a_run_s_method_is_named_either_way(small_model, image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "percentile:99.9,minmax", "--samples", "0"]) == 0
+    for spec in ("percentile:99.9", "percentile-99.9"):
+        out = tmp_path / spec.replace(":", "_")
+        assert main(["compare", "--model", str(small_model), "--images", str(image_folder), "--no-bench",
+                     "--candidates", f"int8:{run}:{spec}", "--out", str(out)]) == 0
+        names = [c["name"] for c in json.loads((out / "report.json").read_text())["comparison"]["candidates"]]
+        assert names == ["int8 percentile-99.9"]

@@ -112,9 +112,13 @@ def available_calibrators() -> list[str]:
 
 
 def get_calibrator(spec: str) -> Calibrator:
-    """Parse ``name`` or ``name:value`` (``percentile:99.99``) into a bound :class:`Calibrator`."""
+    """Parse ``name`` or ``name:value`` (``percentile:99.99``, or the label form ``percentile-99.99`` used
+    in file names) into a bound :class:`Calibrator`."""
     _load_plugins()
     name, _, value = spec.strip().partition(":")
+    label_name, _, label_value = name.rpartition("-")
+    if not value and name not in _REGISTRY and label_name in _REGISTRY and _REGISTRY[label_name].arg_name:
+        name, value = label_name, label_value
     if name not in _REGISTRY:
         raise CalibkitError(f"unknown calibration method {name!r}; available: {', '.join(available_calibrators())}")
     info = _REGISTRY[name]

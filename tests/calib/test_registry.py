@@ -81,3 +81,9 @@ def test_a_tensor_spanning_exactly_minus_c_to_c_is_calibrated_not_called_constan
         ranges = compute_ranges({"image": spread, "sign": plus_minus}, get_calibrator("percentile"))
     assert ranges["image"].fallback is None and ranges["image"].amax <= 1.0
     assert ranges["sign"].amax == 3.0
+
+
+def test_the_file_label_is_accepted_as_a_method_name():
+    assert get_calibrator("percentile-99.9").label == get_calibrator("percentile:99.9").label == "percentile-99.9"
+    with pytest.raises(CalibkitError, match="must be in \\[50, 100\\]"):
+        get_calibrator("percentile-150")
