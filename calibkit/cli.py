@@ -171,6 +171,11 @@ def _gate(result: dict) -> int:
     return 3 if failed else 0
 
 
+def points_text(loss: float) -> str:
+    """A budget loss in words: ``loss 0.50`` or, for a negative loss, ``gain 0.50``."""
+    return f"loss {loss:.2f}" if loss >= 0 else f"gain {-loss:.2f}"
+
+
 def _summarise(result: dict, report: Path) -> None:
     """The verdict and the task's main metrics per candidate, on stderr."""
     from calibkit.bench.table import speed_text
@@ -186,7 +191,7 @@ def _summarise(result: dict, report: Path) -> None:
         top = ", ".join(r["node"] for r in sens["ranking"][:3])
         lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
         lines.append(f"  budget {budget['budget']} {budget['metric']} points {'met' if budget['met'] else 'NOT met'} "
-                     f"with {len(budget['kept_float'])} layer(s) in float: loss {budget['steps'][-1]['loss']:.2f}")
+                     f"with {len(budget['kept_float'])} layer(s) in float: {points_text(budget['steps'][-1]['loss'])}")
     for c in comparison["candidates"]:
         shown = [f"{m.key} {m.format(c['metrics'].get(m.key))}" for m in metrics
                  if c["metrics"].get(m.key) is not None][:4]

@@ -318,7 +318,8 @@ def compare_and_report(
         sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
                                              Path(report).parent, sensitivity_images, budget_metric)
         comparison["sensitivity"] = sensitivity
-        models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
+        if sensitivity["budget"]["models"]:
+            models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}

@@ -94,7 +94,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
     """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``.
 
     ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). Writes
-    ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k.
+    ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k, unless k is 0.
     """
     task.check_budget_metric(metric)
     reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
@@ -111,6 +111,8 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
                 break
         else:
             result.kept_float = list(ranking[: min(max_float, len(ranking))])
+    if not result.kept_float:
+        return result  # the budget holds fully quantized: the plain INT8 models are the answer
     for target, suffix in (("tensorrt", ".qdq.onnx"), ("onnxruntime", ".ort.onnx")):
         written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), result.kept_float, target)
         result.models[target] = str(written)

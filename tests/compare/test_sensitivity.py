@@ -61,6 +61,7 @@ def test_budget_keeps_the_fewest_layers_in_float(small_model, setup, tmp_path):
     ranking = [r["node"] for r in layer_sensitivity(small_model, broken, cache, task)]
     loose = fit_accuracy_budget(small_model, broken, cache, task, ranking, 100.0, tmp_path / "loose")
     assert loose.met and loose.kept_float == [] and len(loose.steps) == 1
+    assert loose.models == {} and not list(tmp_path.glob("loose*")), "no mixed model when no layer stays float"
     strict = fit_accuracy_budget(small_model, broken, cache, task, ranking, 0.0, tmp_path / "strict")
     assert strict.metric == "top1", "labels present: the budget limits the top-1 drop"
     assert strict.steps[0]["loss"] > 0, "the broken range must cost accuracy"
