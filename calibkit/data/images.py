@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
                 f"({', '.join(with_images[:3])}{', ...' if len(with_images) > 3 else ''}); use one layout: only "
                 "images, only class subfolders, or a labels.csv listing the files to use")
         items = folder_items or flat
+    broken = [p for p in root.rglob("*") if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if broken:
+        warnings.warn(f"{root}: {len(broken)} image link(s) point nowhere and were left out (first: {broken[0]})",
+                      stacklevel=2)
     if not items:
         raise CalibkitError(
             f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "

@@ -61,3 +61,17 @@ def test_image_list_hash_depends_on_names_and_labels(image_folder):
     assert image_list_hash(items) == image_list_hash(list(items))
     assert image_list_hash(items) != image_list_hash(items[:-1])
     assert isinstance(Path(items[0].path), Path)
+
+
+def test_links_that_point_nowhere_are_counted(tmp_path):
+    import warnings
+
+    from tests.conftest import write_images
+
+    write_images(tmp_path, 3)
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = discover_images(tmp_path)
+    assert len(items) == 3
+    assert any("1 image link(s) point nowhere" in str(w.message) for w in caught)
