@@ -229,7 +229,7 @@ def calibrate(
     enough = None
     if len(stats.shards) > 1:
         start = time.perf_counter()
-        enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()))
+        enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()), budget_s=stats.seconds)
         timings["sufficiency_s"] = time.perf_counter() - start
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
                "coverage": coverage, "sufficiency": enough}

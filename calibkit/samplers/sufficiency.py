@@ -5,10 +5,15 @@ are drawn with replacement (a seeded bootstrap), merged exactly, calibrated, and
 ranges of the whole set: the mean over tensors of |amax_subset / amax_all - 1|, in percent (a mean,
 since bounded activations such as ReLU6 outputs never move and would pin a median at zero). A curve
 that flattens near zero well before the full size says the set was large enough.
+
+With a time budget (the calibration command gives the statistics pass's own duration), calibrators are
+taken cheapest first while their estimated cost (one full-set calibration, timed, times the number of
+draws) fits it; the others are listed as left out, so this check never costs more than the pass it checks.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +35,7 @@ def _quiet_amax(tensors: dict[str, TensorStats], calibrator: Calibrator) -> np.n
 
 def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence[int],
                 calibrators: Sequence[Calibrator], sizes: Sequence[int] = DEFAULT_SIZES,
-                bootstrap: int = 5, seed: int = 0) -> dict:
+                bootstrap: int = 5, seed: int = 0, budget_s: float | None = None) -> dict:
     """Per calibrator, rows ``{images, mean_change_pct, spread_pct, p90_change_pct}`` by subset size.
 
     ``shard_images`` gives the image count of each shard; sizes larger than the whole set are dropped
@@ -41,8 +46,22 @@ def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence
     per_shard = max(1, round(total / len(shards)))
     counts = sorted({min(len(shards), max(1, round(s / per_shard))) for s in sizes if s <= total} | {len(shards)})
     full = merge_shards(shards)
-    result: dict = {"shard_images": per_shard, "bootstrap": bootstrap, "seed": seed, "methods": {}}
-    reference = {c.label: _quiet_amax(full, c) for c in calibrators}
+    result: dict = {"shard_images": per_shard, "bootstrap": bootstrap, "seed": seed, "methods": {}, "left_out": {}}
+    reference, cost = {}, {}
+    for calibrator in calibrators:
+        start = time.perf_counter()
+        reference[calibrator.label] = _quiet_amax(full, calibrator)
+        cost[calibrator.label] = (time.perf_counter() - start) * len(counts) * bootstrap
+    spent = 0.0
+    chosen = []
+    for calibrator in sorted(calibrators, key=lambda c: cost[c.label]):
+        if budget_s is not None and spent + cost[calibrator.label] > budget_s:
+            result["left_out"][calibrator.label] = (f"about {cost[calibrator.label]:.0f} s, over the "
+                                                    f"{budget_s:.0f} s budget")
+            continue
+        spent += cost[calibrator.label]
+        chosen.append(calibrator)
+    calibrators = [c for c in calibrators if c in chosen]
     draws = {k: [rng.integers(0, len(shards), size=k) for _ in range(bootstrap)] for k in counts}
     merged = {(k, b): merge_shards([shards[i] for i in pick]) for k, picks in draws.items()
               for b, pick in enumerate(picks)}

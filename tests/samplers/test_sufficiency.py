@@ -36,3 +36,15 @@ def test_an_unrepresentative_shard_shows_up_as_movement():
     small_calm = sufficiency(calm, [50] * 10, calibrators, sizes=(100,), bootstrap=8)["methods"]["minmax"][0]
     small_wild = sufficiency(wild, [50] * 10, calibrators, sizes=(100,), bootstrap=8)["methods"]["minmax"][0]
     assert small_wild["mean_change_pct"] > small_calm["mean_change_pct"]
+
+
+def test_a_time_budget_keeps_the_cheap_calibrators_and_names_the_rest():
+    shards = make_shards(6, lambda i: 1.0)
+    calibrators = parse_methods("minmax,mse")
+    unlimited = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2)
+    assert set(unlimited["methods"]) == {"minmax", "mse"} and unlimited["left_out"] == {}
+    tight = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, budget_s=1e-9)
+    assert set(tight["left_out"]) == {"minmax", "mse"} and tight["methods"] == {}
+    cheap_first = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, budget_s=0.05)
+    assert "minmax" in cheap_first["methods"], "the cheapest calibrator (microseconds) is taken first"
+    assert set(cheap_first["methods"]) | set(cheap_first["left_out"]) == {"minmax", "mse"}
