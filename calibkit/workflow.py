@@ -79,6 +79,18 @@ def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] =
     return paths
 
 
+def check_run_matches(model: Path, run_dir: Path) -> None:
+    """Refuse a run folder that is incomplete or was calibrated from another model file."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        raise CalibkitError(f"{run_dir}: no summary.json, so the calibration did not finish; run calibkit calibrate "
+                            f"--out {run_dir} again")
+    recorded = json.loads(summary.read_text(encoding="utf-8")).get("model_sha256")
+    if recorded and recorded != file_sha256(Path(model)):
+        raise CalibkitError(f"{run_dir}: calibrated from a different model than {model} (sha256 {recorded[:12]}...); "
+                            "pass the model the run was made from, or calibrate this one")
+
+
 def method_label(text: str) -> str:
     """``percentile:99.99`` or ``percentile-99.99`` -> ``percentile-99.99`` (the run's file label)."""
     try:
@@ -94,6 +106,7 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     found = sorted(p.name[: -len(".json")] for p in run_dir.glob("*.json") if p.name != "summary.json")
     if not found:
         raise CalibkitError(f"{run_dir}: no calibration JSON found; run calibkit calibrate --out {run_dir} first")
+    check_run_matches(model, run_dir)
     chosen = [method_label(label) for label in labels] if labels else found
     missing = [label for label in chosen if label not in found]
     if missing:

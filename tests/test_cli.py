@@ -286,3 +286,16 @@ def test_a_run_s_method_is_named_either_way(small_model, image_folder, tmp_path)
                      "--candidates", f"int8:{run}:{spec}", "--out", str(out)]) == 0
         names = [c["name"] for c in json.loads((out / "report.json").read_text())["comparison"]["candidates"]]
         assert names == ["int8 percentile-99.9"]
+
+
+def test_a_run_from_another_model_or_an_unfinished_run_is_refused(small_model, image_folder, tmp_path):
+    from tests.conftest import build_small_cnn
+
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
+    other = build_small_cnn(tmp_path / "other.onnx", seed=3)
+    compare = ["compare", "--images", str(image_folder), "--candidates", f"int8:{run}", "--out", str(tmp_path / "c")]
+    assert_one_line_error(run_cli(*compare, "--model", str(other)), "calibrated from a different model")
+    assert_one_line_error(run_cli("quantize", "--model", str(other), "--ranges", str(run / "minmax.json"),
+                                  "--out", str(tmp_path / "q.onnx")), "ranges calibrated from a different model")
+    (run / "summary.json").unlink()
+    assert_one_line_error(run_cli(*compare, "--model", str(small_model)), "the calibration did not finish")
