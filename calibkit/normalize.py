@@ -117,7 +117,7 @@ def normalize(model: onnx.ModelProto, path: Path | str = "model") -> Normalized:
     return Normalized(normalized, (before, default_opset(normalized)), removed)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
 def _normalized_bytes(path: str, mtime_ns: int, size: int) -> tuple[bytes, tuple[int, int], tuple]:
     done = normalize(load_model(Path(path)), path)
     return done.model.SerializeToString(), done.opset, tuple(sorted(done.removed.items()))
