@@ -47,7 +47,8 @@ def test_demo_writes_a_complete_report(demo_model, shared_images, tmp_path, caps
     sensitivity = comparison["sensitivity"]
     assert len(sensitivity["ranking"]) == 50 and sensitivity["budget"]["met"]
     assert sensitivity["budget"]["steps"][-1]["loss"] <= 0.5
-    assert (out / "minmax.mixed.qdq.onnx").is_file()
+    assert (out / "minmax.mixed.qdq.onnx").is_file() == bool(sensitivity["budget"]["kept_float"]), \
+        "a mixed-precision model exactly when a layer stays float"
     assert [row["images"] for row in document["sufficiency"]["methods"]["minmax"]] == [50, 100]
     html = (out / "report.html").read_text()
     for section in ("Verdict", "Classification metrics", "Every model output", "Per-layer drift", "Layer sensitivity", "Were enough calibration images used",
