@@ -140,3 +140,37 @@ def test_user_postprocess_hook(tmp_path):
     task = make_task("detection", context)
     [found] = task.decode({"o": np.zeros((1, 7))}, batch_of(1))
     assert task.head == "postprocess" and found.boxes.tolist() == [[0, 0, 5, 5]]
+
+
+def test_coco_labels_give_every_model_its_true_map_in_image_pixels(tmp_path):
+    import json
+
+    spec = Preprocess(size=(64, 64), resize="letterbox")
+    size = (128, 64)  # (width, height) of the decoded image: letterboxed at scale 0.5, padded top and bottom
+    # two objects, given in image pixels the way an annotator draws them
+    truth = np.array([[10, 6, 50, 40], [70, 10, 120, 60]], np.float32)
+    annotations = {
+        "images": [{"id": 7, "file_name": "photos/page.jpg", "width": 128, "height": 64}],
+        "categories": [{"id": 3, "name": "text"}, {"id": 5, "name": "figure"}],
+        "annotations": [{"id": i + 1, "image_id": 7, "category_id": cat, "area": float((b[2] - b[0]) * (b[3] - b[1])),
+                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "iscrowd": 0}
+                        for i, (b, cat) in enumerate(zip(truth, (3, 5)))],
+    }
+    labels = tmp_path / "instances.json"
+    labels.write_text(json.dumps(annotations))
+    # the same boxes as the model sees them: the inverse of to_image_coords, from two probe points
+    origin, unit = spec.to_image_coords(np.array([[0, 0, 1, 1]], np.float32), size)[0].reshape(2, 2)
+    model_boxes = ((truth.reshape(-1, 2, 2) - origin) / (unit - origin)).reshape(-1, 4)
+    outputs = [OutputInfo("dets", (1, 10, 6))]
+    task = make_task("detection", TaskContext(outputs, (64, 64), spec, {"coco": str(labels), "head": "end2end"}))
+    assert task.class_names == ["text", "figure"]
+    batch = Batch(np.zeros((1, 3, 64, 64), np.float32), [ImageItem(tmp_path / "page.jpg")], [size])
+    exact = dets(model_boxes, [0.9, 0.8], [0, 1])
+    shifted = dets(model_boxes + np.array([8, 0, 8, 0], np.float32), [0.9, 0.8], [0, 1])
+    scorer = task.scorer()
+    scorer.add([exact], [shifted], batch)
+    result = scorer.result()
+    assert result["map50"] < 100 and result["map_drop"] > 0, "a box shifted by 16 image pixels loses true mAP"
+    perfect = task.scorer()
+    perfect.add([exact], [exact], batch)
+    assert perfect.result()["map"] == pytest.approx(100.0) and perfect.result()["map_drop"] == pytest.approx(0.0)
