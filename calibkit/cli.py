@@ -152,6 +152,10 @@ def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str])
             candidates.extend(_int8_from_spec(model, rest, exclude))
         else:
             raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
+    names = [c.name for c in candidates]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CalibkitError(f"--candidates names {', '.join(repeated)} more than once; list each candidate once")
     return candidates
 
 

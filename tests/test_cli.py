@@ -299,3 +299,16 @@ def test_a_run_from_another_model_or_an_unfinished_run_is_refused(small_model, i
                                   "--out", str(tmp_path / "q.onnx")), "ranges calibrated from a different model")
     (run / "summary.json").unlink()
     assert_one_line_error(run_cli(*compare, "--model", str(small_model)), "the calibration did not finish")
+
+
+def test_an_image_over_pillow_s_limit_and_a_repeated_candidate_get_one_line(small_model, image_folder, tmp_path):
+    from PIL import Image
+
+    Image.new("1", (20000, 9000)).save(image_folder / "huge.png")  # 180 MP: over twice Pillow's 89 MP limit
+    assert_one_line_error(run_cli("eval", "--model", str(small_model), "--images", str(image_folder)),
+                          "huge.png", "safety limit", "--skip-bad")
+    skipped = run_cli("eval", "--model", str(small_model), "--images", str(image_folder), "--skip-bad")
+    assert skipped.returncode == 0 and json.loads(skipped.stdout)["skipped"] == 1
+    (image_folder / "huge.png").unlink()
+    assert_one_line_error(run_cli("compare", "--model", str(small_model), "--images", str(image_folder),
+                                  "--candidates", "fp16,fp16", "--out", str(tmp_path / "c")), "more than once")

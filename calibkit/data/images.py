@@ -93,8 +93,12 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
 
 
 def image_list_hash(items: list[ImageItem]) -> str:
-    """SHA-256 over the relative file names and labels: identifies a calibration set in provenance."""
+    """SHA-256 over each file's name, label and bytes (streamed): identifies a calibration set in
+    provenance, so two folders with the same names but different pixels differ."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(f"{item.path.name}\t{item.label}\n".encode())
+        with open(item.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()

@@ -199,6 +199,9 @@ def decode_image(path: Path) -> Image.Image:
             if image.mode in ("P", "PA"):
                 image = image.convert("RGBA")
             return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise CalibkitError(f"{path}: image larger than Pillow's safety limit ({exc}); shrink it, remove it "
+                            "or pass --skip-bad") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CalibkitError(f"{path}: not a readable image ({exc}); remove it or pass --skip-bad") from exc
 

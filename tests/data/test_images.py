@@ -75,3 +75,13 @@ def test_links_that_point_nowhere_are_counted(tmp_path):
         items = discover_images(tmp_path)
     assert len(items) == 3
     assert any("1 image link(s) point nowhere" in str(w.message) for w in caught)
+
+
+def test_image_list_hash_depends_on_the_pixels_not_only_the_names(tmp_path):
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "a", 3, seed=1)
+    write_images(tmp_path / "b", 3, seed=2)
+    first, second = discover_images(tmp_path / "a"), discover_images(tmp_path / "b")
+    assert [i.path.name for i in first] == [i.path.name for i in second]
+    assert image_list_hash(first) != image_list_hash(second)
