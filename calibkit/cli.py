@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.errors import CalibkitError
+from calibkit.progress import show_warning
 
 INFERENCE_BATCH_SIZE = 4
 BATCH_HELP = (
@@ -431,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for user errors."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda message, category, *rest: f"calibkit: warning: {message}\n"
+    warnings.showwarning = show_warning
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

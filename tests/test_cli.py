@@ -57,7 +57,8 @@ def test_non_image_and_truncated_files_then_skip_bad(small_model, image_folder):
     assert skipped.returncode == 0, skipped.stderr
     summary = json.loads(skipped.stdout)
     assert summary["skipped"] == 2 and summary["images"] == 11
-    assert "skipped 2 unreadable image(s)" in skipped.stderr
+    assert "skipped 2 unreadable image(s)" in skipped.stderr and "pass --skip-bad" not in skipped.stderr
+    assert all(line.startswith("calibkit: ") for line in skipped.stderr.splitlines() if line.strip())
 
 
 @pytest.mark.parametrize("sampler", ["random", "kmeans"])

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from calibkit.data.images import ImageItem
-from calibkit.data.preprocess import Preprocess, decode_image
+from calibkit.data.preprocess import SKIP_ADVICE, Preprocess, decode_image
 from calibkit.errors import CalibkitError
 
 
@@ -97,6 +97,7 @@ def iter_batches(
             yield Batch(np.stack(arrays), batch_items, sizes)
     if report.skipped:
         warnings.warn(
-            f"skipped {len(report.skipped)} unreadable image(s), first: {report.skipped[0][1]}",
+            f"skipped {len(report.skipped)} unreadable image(s) (--skip-bad), first: "
+            f"{report.skipped[0][1].removesuffix(SKIP_ADVICE)}",
             stacklevel=2,
         )

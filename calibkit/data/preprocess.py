@@ -184,6 +184,10 @@ def get_preset(name: str) -> Preprocess:
         raise CalibkitError(f"unknown preprocessing preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
+# What every unreadable-image error ends with; a warning about images already skipped leaves it out.
+SKIP_ADVICE = "; remove it or pass --skip-bad"
+
+
 def decode_image(path: Path) -> Image.Image:
     """Open ``path`` fully, apply its EXIF orientation and convert it to 8-bit RGB.
 
@@ -200,10 +204,9 @@ def decode_image(path: Path) -> Image.Image:
                 image = image.convert("RGBA")
             return image.convert("RGB")
     except Image.DecompressionBombError as exc:
-        raise CalibkitError(f"{path}: image larger than Pillow's safety limit ({exc}); shrink it, remove it "
-                            "or pass --skip-bad") from exc
+        raise CalibkitError(f"{path}: image larger than Pillow's safety limit ({exc}); shrink it{SKIP_ADVICE}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CalibkitError(f"{path}: not a readable image ({exc}); remove it or pass --skip-bad") from exc
+        raise CalibkitError(f"{path}: not a readable image ({exc}){SKIP_ADVICE}") from exc
 
 
 def _to_8bit(values: np.ndarray) -> np.ndarray:
