@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -428,11 +429,17 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
                        help="what the budget limits: top-1 drop (auto with labels) or top-1 agreement loss")
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every half-written temporary file is removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for user errors."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = show_warning
+    signal.signal(signal.SIGTERM, _terminated)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

@@ -313,3 +313,21 @@ def test_an_image_over_pillow_s_limit_and_a_repeated_candidate_get_one_line(smal
     (image_folder / "huge.png").unlink()
     assert_one_line_error(run_cli("compare", "--model", str(small_model), "--images", str(image_folder),
                                   "--candidates", "fp16,fp16", "--out", str(tmp_path / "c")), "more than once")
+
+
+def test_sigterm_stops_a_calibration_cleanly(demo_model, shared_images, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "calibkit.cli", "calibrate", "--model", str(demo_model),
+                                "--images", str(shared_images), "--out", str(run), "--samples", "1000",
+                                "--method", "minmax"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "CALIBKIT_QUIET": "1"})
+    time.sleep(6)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "calibkit: interrupted" in err, err[-500:]
+    assert "Traceback" not in err
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "no half-written file is left"
+    assert not (run / "summary.json").exists(), "an interrupted run is not marked finished"
