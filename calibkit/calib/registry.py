@@ -18,12 +18,12 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from calibkit.errors import CalibkitError
+from calibkit.plugins import load_entry_points
 from calibkit.stats.histogram import TensorStats
 
 CalibrateFn = Callable[..., float]
@@ -66,7 +66,6 @@ class Calibrator:
 
 
 _REGISTRY: dict[str, CalibratorInfo] = {}
-_entry_points_loaded = False
 
 
 def register_calibrator(
@@ -94,15 +93,14 @@ def register_calibrator(
 
 
 def _load_plugins() -> None:
-    global _entry_points_loaded
     from calibkit.calib import entropy, minmax, mse, percentile  # noqa: F401  (register the built-ins)
 
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in _REGISTRY:
-            register_calibrator(entry.name)(entry.load())
+    load_entry_points(ENTRY_POINT_GROUP, _add_plugin)
+
+
+def _add_plugin(name: str, fn: CalibrateFn) -> None:
+    if name not in _REGISTRY:
+        register_calibrator(name)(fn)
 
 
 def available_calibrators() -> list[str]:

@@ -7,16 +7,15 @@ group. Every sampler returns the chosen items in pool order so outputs do not de
 from __future__ import annotations
 
 import warnings
-from importlib import metadata
 from typing import Callable, Sequence
 
 from calibkit.data.images import ImageItem
 from calibkit.errors import CalibkitError
+from calibkit.plugins import load_entry_points
 
 SamplerFn = Callable[[Sequence[ImageItem], int, int], list[ImageItem]]
 ENTRY_POINT_GROUP = "calibkit.samplers"
 _REGISTRY: dict[str, SamplerFn] = {}
-_entry_points_loaded = False
 
 
 def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
@@ -30,14 +29,9 @@ def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
 
 
 def _load_plugins() -> None:
-    global _entry_points_loaded
     from calibkit.samplers import kmeans, simple  # noqa: F401  (register the built-ins)
 
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _REGISTRY.setdefault(entry.name, entry.load())
+    load_entry_points(ENTRY_POINT_GROUP, _REGISTRY.setdefault)
 
 
 def available_samplers() -> list[str]:

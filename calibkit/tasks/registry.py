@@ -7,15 +7,14 @@ Add one without touching calibkit: subclass :class:`calibkit.tasks.base.Task`, d
 from __future__ import annotations
 
 import warnings
-from importlib import metadata
 from typing import Sequence
 
 from calibkit.errors import CalibkitError
+from calibkit.plugins import load_entry_points
 from calibkit.tasks.base import OutputInfo, Task, TaskContext
 
 ENTRY_POINT_GROUP = "calibkit.tasks"
 _REGISTRY: dict[str, type[Task]] = {}
-_entry_points_loaded = False
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -27,14 +26,9 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def _load_plugins() -> None:
-    global _entry_points_loaded
     from calibkit.tasks import classification, dense, detection, generic, ocr_ctc  # noqa: F401
 
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _REGISTRY.setdefault(entry.name, entry.load())
+    load_entry_points(ENTRY_POINT_GROUP, _REGISTRY.setdefault)
 
 
 def available_tasks() -> list[str]:
