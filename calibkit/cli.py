@@ -263,14 +263,10 @@ def _run_calibration(args: argparse.Namespace):
 def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.qdq import export_qdq
     from calibkit.artifacts.ranges_json import read_ranges
-    from calibkit.onnx_model import file_sha256
-    from calibkit.workflow import run_graph
+    from calibkit.workflow import check_made_from, run_graph
 
     ranges, document = read_ranges(args.ranges)
-    recorded = document.get("provenance", {}).get("model_sha256")
-    if recorded and recorded != file_sha256(Path(args.model)):
-        raise CalibkitError(f"{args.ranges}: ranges calibrated from a different model than {args.model}; "
-                            "pass the model they were made from")
+    check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
     graph = run_graph(args.model, Path(args.ranges).parent)
     path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target)
     print(f"wrote {path}", file=sys.stderr)

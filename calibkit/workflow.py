@@ -79,16 +79,20 @@ def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] =
     return paths
 
 
+def check_made_from(model: Path, recorded: str | None, source: Path, noun: str) -> None:
+    """Refuse ``source`` (a run or a ranges file) whose recorded model hash is not ``model``'s."""
+    if recorded and recorded != file_sha256(Path(model)):
+        raise CalibkitError(f"{source}: {noun} calibrated from a different model than {model} (sha256 "
+                            f"{recorded[:12]}...); pass the model it was made from, or calibrate this one")
+
+
 def check_run_matches(model: Path, run_dir: Path) -> None:
     """Refuse a run folder that is incomplete or was calibrated from another model file."""
     summary = Path(run_dir) / "summary.json"
     if not summary.is_file():
         raise CalibkitError(f"{run_dir}: no summary.json, so the calibration did not finish; run calibkit calibrate "
                             f"--out {run_dir} again")
-    recorded = json.loads(summary.read_text(encoding="utf-8")).get("model_sha256")
-    if recorded and recorded != file_sha256(Path(model)):
-        raise CalibkitError(f"{run_dir}: calibrated from a different model than {model} (sha256 {recorded[:12]}...); "
-                            "pass the model the run was made from, or calibrate this one")
+    check_made_from(model, json.loads(summary.read_text(encoding="utf-8")).get("model_sha256"), run_dir, "run")
 
 
 def method_label(text: str) -> str:
@@ -112,12 +116,13 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     if missing:
         raise CalibkitError(f"{run_dir}: no ranges for {', '.join(missing)}; available: {', '.join(found)}")
     candidates = []
+    source = run_graph(model, run_dir)
     for label in chosen:
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
-            paths = export_int8(run_graph(model, run_dir), run_dir, label, exclude)
+            paths = export_int8(source, run_dir, label, exclude)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
-                                    paths["onnxruntime"], label, run_dir / f"{label}.json", run_graph(model, run_dir)))
+                                    paths["onnxruntime"], label, run_dir / f"{label}.json", source))
     return candidates
 
 
@@ -136,17 +141,20 @@ def model_preprocess(
     return fit_to_model(spec, info.height, info.width, info.layout, str(model_path), size)
 
 
-def normalized_graph(model: Path, preprocess: Preprocess) -> Normalized:
+def check_shape(model: Path, original: onnx.ModelProto, preprocess: Preprocess) -> tuple[int, ...]:
+    """Input shape (batch included) on which a rewritten graph is checked against ``original``."""
+    return (image_input(original, model).batch or 1, *input_shape(preprocess))
+
+
+def normalized_graph(model: Path, original: onnx.ModelProto, preprocess: Preprocess) -> Normalized:
     """The graph calibration runs on, checked against the model's FP32 outputs at ``preprocess``'s size."""
-    original = load_model(model)
     graph = normalized_model(model)
-    batch = image_input(original, model).batch or 1
-    check_equivalent(original, graph, (batch, *input_shape(preprocess)), model)
+    check_equivalent(original, graph, check_shape(model, original, preprocess), model)
     return graph
 
 
-def equalized_graph(model: Path, graph: Normalized, chosen: Sequence[ImageItem], preprocess: Preprocess, out: Path,
-                    skip_bad: bool = False) -> tuple[Path, str]:
+def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, chosen: Sequence[ImageItem],
+                    preprocess: Preprocess, out: Path, skip_bad: bool = False) -> tuple[Path, str]:
     """The graph to calibrate, ``out/model.calibrated.onnx`` where equalising changed it (checked against
     the model's FP32 outputs) else ``model``, and a line saying what was equalised."""
     targets = tensors_to_measure(graph.model)
@@ -158,8 +166,8 @@ def equalized_graph(model: Path, graph: Normalized, chosen: Sequence[ImageItem],
     equalized, done = equalize(graph.model, peaks)
     if not done.scales:
         return model, f"{len(targets)} depthwise input(s) already even"
-    check_equivalent(load_model(model), Normalized(equalized, graph.opset), (image_input(graph.model).batch or 1,
-                     *input_shape(preprocess)), out / CALIBRATED_GRAPH)
+    check_equivalent(original, Normalized(equalized, graph.opset), check_shape(model, original, preprocess),
+                     out / CALIBRATED_GRAPH)
     with atomic_path(out / CALIBRATED_GRAPH) as tmp:
         onnx.save(equalized, str(tmp))
     return out / CALIBRATED_GRAPH, done.summary()
@@ -201,7 +209,8 @@ def calibrate(
     calibrators = {c.label: c for c in parse_methods(methods)}
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
-    graph = normalized_graph(model, spec)
+    original = load_model(model)
+    graph = normalized_graph(model, original, spec)
     resolve_exclusions(graph.model, exclude)
     pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
     timings: dict[str, float] = {}
@@ -218,7 +227,7 @@ def calibrate(
     source, equalized = model, "off"
     if equalize_depthwise:
         start = time.perf_counter()
-        source, equalized = equalized_graph(model, graph, chosen, spec, out, skip_bad)
+        source, equalized = equalized_graph(model, original, graph, chosen, spec, out, skip_bad)
         timings["equalization_s"] = time.perf_counter() - start
     stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
                                shard_size=shard_size)
