@@ -80,12 +80,6 @@ def measure_interleaved(
     return results
 
 
-def measure(session: Session, input_shape: Sequence[int], candidate: str, precision: str,
-            batch_sizes: Sequence[int] = (1, 8, 32), rounds: int = 5, runs: int = 3) -> list[SpeedResult]:
-    """:func:`measure_interleaved` for one session."""
-    return measure_interleaved([(candidate, precision, session)], input_shape, batch_sizes, rounds, runs)
-
-
 def with_ratios(results: Sequence[SpeedResult], baseline: str = "fp32") -> list[dict]:
     """Rows with ``speedup`` = median over rounds of (baseline round latency / round latency) for the same
     backend and batch size, its lowest and highest round (``speedup_low``, ``speedup_high``) and

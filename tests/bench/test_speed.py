@@ -1,11 +1,11 @@
 from calibkit.backends import load
-from calibkit.bench.speed import SpeedResult, measure, measure_interleaved, with_ratios
+from calibkit.bench.speed import SpeedResult, measure_interleaved, with_ratios
 from calibkit.bench.table import format_table
 
 
 def test_measure_reports_ordered_percentiles_per_batch(small_model):
     session = load(small_model, "fp32", "ort-cpu")
-    results = measure(session, (3, 32, 32), "fp32", "fp32", batch_sizes=(1, 4), rounds=3, runs=2)
+    results = measure_interleaved([("fp32", "fp32", session)], (3, 32, 32), batch_sizes=(1, 4), rounds=3, runs=2)
     assert [r.batch for r in results] == [1, 4]
     for r in results:
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.runs == 6 and r.images_per_s > 0
