@@ -122,8 +122,9 @@ def collect_statistics(
 
     # Up to two batches are queued for inference on one thread while the histograms of the oldest
     # are updated (ONNX Runtime and the C binning kernel release the GIL), fewer where their exposed
-    # activations would pass INFLIGHT_BYTES (none for PP-PicoDet: each result is folded as it comes). One inference at a time on single images measured fastest:
-    # the activations of one image stay in cache for the histograms.
+    # activations would pass INFLIGHT_BYTES (none for PP-PicoDet: each result is folded as it comes).
+    # One inference at a time on single images measured fastest: the activations of one image stay in
+    # cache for the histograms.
     per_batch = sum(activation_bytes(model, (batch_size, *preprocess.input_shape())).get(n, 0) for n in measured)
     depth = max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
