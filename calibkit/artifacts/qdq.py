@@ -58,7 +58,8 @@ def export_qdq(
     keep_activations: bool = False,
 ) -> Path:
     """Write a Q/DQ model of ``model_path``'s normalised graph (:mod:`calibkit.normalize`, whose tensor
-    names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes :func:`~calibkit.artifacts.verify.verify_model`."""
+    names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes
+    :func:`~calibkit.artifacts.verify.verify_model`."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer

@@ -2,8 +2,9 @@
 
 A candidate has a model to measure accuracy and per-layer drift on (for INT8 the TensorRT-target Q/DQ
 graph, the artefact a user ships, whose float tensors keep the reference names) and a model to time
-(for INT8 the ONNX Runtime target, whose Q/DQ groups ONNX Runtime fuses into integer kernels). Each batch is decoded once and inferred once per model; the task turns
-outputs into predictions and its scorers keep only running sums (and, for detection, the boxes).
+(for INT8 the ONNX Runtime target, whose Q/DQ groups ONNX Runtime fuses into integer kernels). Each
+batch is decoded once and inferred once per model; the task turns outputs into predictions and its
+scorers keep only running sums (and, for detection, the boxes).
 Every model output is compared too (SQNR, cosine, max error), whatever the task.
 """
 
