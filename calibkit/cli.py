@@ -13,9 +13,11 @@ from typing import Callable, Sequence
 from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.errors import CalibkitError
-from calibkit.progress import show_warning
+from calibkit.progress import set_quiet, show_warning
 
 INFERENCE_BATCH_SIZE = 4
+# The demo ranks layer sensitivity and fits this budget (top-1 points), to show the mixed-precision answer.
+DEMO_BUDGET = 0.5
 BATCH_HELP = (
     "images per ONNX Runtime call (default: 1 in the statistics pass, where one image's activations stay "
     f"in cache for the histograms; {INFERENCE_BATCH_SIZE} for evaluation and comparison)"
@@ -42,13 +44,25 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="FP32 ONNX model")
 
 
-def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    group = parser.add_argument_group("images and preprocessing")
-    group.add_argument("--images", type=Path, required=required, help="folder: flat, class subfolders or labels.csv")
+def _add_images(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("images")
+    group.add_argument("--images", type=Path, required=True, help="folder: flat, class subfolders or labels.csv")
     group.add_argument("--labels", type=Path, help="CSV with file,class_index (default: <images>/labels.csv)")
+    group.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
+    group.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a counted warning")
+    _add_preprocess(parser)
+
+
+def _add_preprocess(parser: argparse.ArgumentParser, shape_only: bool = False) -> None:
+    """Preprocessing options; ``shape_only`` keeps those that decide the input shape (for ``bench``)."""
+    group = parser.add_argument_group("preprocessing")
     group.add_argument("--preset", default="imagenet-tf",
-                       help="imagenet-tf (default), imagenet-torch, paddle-det, paddle-ocr-det, paddle-ocr-rec, yolo")
+                       help="imagenet-tf, imagenet-torch, paddle-det, paddle-ocr-det, paddle-ocr-rec, yolo")
     group.add_argument("--size", type=_size, help="HxW; required when the model's input size is dynamic")
+    if shape_only:
+        parser.set_defaults(mean=None, std=None, crop=None, interpolation=None, resize=None, channel_order=None,
+                            pad_value=None)
+        return
     group.add_argument("--resize", choices=["crop", "stretch", "letterbox", "pad-right"],
                        help="geometry (overrides the preset): centre crop, stretch, letterbox, or pad right")
     group.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order fed to the model")
@@ -57,8 +71,6 @@ def _add_images(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group.add_argument("--std", type=_floats3, help="R,G,B std on the 0-255 scale (overrides the preset)")
     group.add_argument("--crop", type=float, help="centre-crop fraction of the short side (default 224/256)")
     group.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
-    group.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
-    group.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a counted warning")
 
 
 def _preprocess(args: argparse.Namespace):
@@ -151,7 +163,7 @@ def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str])
         if kind == "fp16":
             candidates.append(fp16_candidate(model, out))
         elif kind == "int8" and rest:
-            candidates.extend(_int8_from_spec(model, rest, exclude))
+            candidates.extend(_int8_from_spec(model, rest, out, exclude))
         else:
             raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
     names = [c.name for c in candidates]
@@ -161,12 +173,14 @@ def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str])
     return candidates
 
 
-def _int8_from_spec(model: Path, spec: str, exclude: Sequence[str] = ()):
-    """INT8 candidates from ``RUN_DIR`` or ``RUN_DIR:method+method``."""
+def _int8_from_spec(model: Path, spec: str, out: Path, exclude: Sequence[str] = ()):
+    """INT8 candidates from ``RUN_DIR`` or ``RUN_DIR:method+method``; exports the run lacks go to ``out``."""
+    from calibkit.run_folder import check_not_a_run
     from calibkit.workflow import int8_candidates
 
     run_dir, _, labels = spec.partition(":")
-    return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude)
+    check_not_a_run(out, [Path(run_dir)])
+    return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude, out)
 
 
 def _gate(result: dict) -> int:
@@ -209,6 +223,13 @@ def _summarise(result: dict, report: Path) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def _report_path(args: argparse.Namespace) -> Path:
+    """Where the HTML report goes, checked writable before any inference."""
+    from calibkit.fileio import ensure_writable_file
+
+    return ensure_writable_file(args.report or (args.out / "report.html"))
+
+
 def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None) -> int:
     from calibkit.data.images import discover_images
     from calibkit.workflow import calibration_overlap, compare_and_report
@@ -218,7 +239,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     note = " ".join(n for n in (note, overlap_note) if n) or None
     if overlap_note:
         print(f"calibkit: note: {overlap_note}", file=sys.stderr)
-    report = args.report or (args.out / "report.html")
+    report = _report_path(args)
     spec = _preprocess(args)
     fail_on = list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
     result = compare_and_report(
@@ -234,11 +255,19 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
     """Calibrate; with ``--compare`` also compare FP32 against every calibrated INT8 model and FP16."""
     from calibkit.workflow import fp16_candidate, int8_candidates
 
+    if args.compare:
+        _report_path(args)
     run = _run_calibration(args)
     if not args.compare:
         return 0
     candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
     return _compare_outputs(args, candidates, run, note)
+
+
+def timing_text(timings: dict[str, float]) -> str:
+    """``checks 0.4 s, sampling 0.1 s, ...``: every stage of a calibration in the order it ran."""
+    return ", ".join(f"{key[:-2].replace('_', ' ')} {seconds:.1f} s" for key, seconds in timings.items()
+                     if key != "total_s")
 
 
 def _run_calibration(args: argparse.Namespace):
@@ -252,8 +281,9 @@ def _run_calibration(args: argparse.Namespace):
     )
     n = run.stats.provenance["num_images"]
     print(
-        f"calibrated on {n} images in {run.timings['statistics_s']:.1f} s "
-        f"({n / run.timings['statistics_s']:.1f} img/s); wrote {', '.join(sorted(run.calibrators))} to {run.out}",
+        f"calibrated on {n} images in {run.timings['total_s']:.1f} s (statistics pass {run.timings['statistics_s']:.1f} s, "
+        f"{n / run.timings['statistics_s']:.1f} img/s); wrote {', '.join(sorted(run.calibrators))} to {run.out}\n"
+        f"  stages: {timing_text(run.timings)}",
         file=sys.stderr,
     )
     _print_json({"out": str(run.out), "methods": list(run.calibrators), "timings": run.timings})
@@ -265,6 +295,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.ranges_json import read_ranges
     from calibkit.workflow import check_made_from, run_graph
 
+    from calibkit.fileio import ensure_writable_file
+
+    ensure_writable_file(args.out)
     ranges, document = read_ranges(args.ranges)
     check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
     graph = run_graph(args.model, Path(args.ranges).parent)
@@ -276,9 +309,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from calibkit.backends import available_backends
     from calibkit.bench.table import format_table
+    from calibkit.fileio import ensure_writable_file
     from calibkit.workflow import bench_models, fp16_candidate, input_shape, usable_batch_sizes
 
-    candidates = _int8_from_spec(args.model, args.int8) if args.int8 else []
+    if args.json:
+        ensure_writable_file(args.json)
+    candidates = _int8_from_spec(args.model, args.int8, args.out) if args.int8 else []
     if args.fp16:
         candidates.append(fp16_candidate(args.model, args.out))
     models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
@@ -296,6 +332,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    _report_path(args)
     return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude))
 
 
@@ -321,25 +358,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_calibrate(args, note)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default (where it has one) and the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is argparse.SUPPRESS or action.default == []
+        if unset or action.nargs == 0 or "%(default)" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EXAMPLES = {
+    "eval": "calibkit eval --model model.onnx --images val/",
+    "calibrate": "calibkit calibrate --model model.onnx --images photos/ --out runs/m --method all --compare",
+    "quantize": "calibkit quantize --model model.onnx --ranges runs/m/mse.json --out model.int8.onnx --exclude '*head*'",
+    "bench": "calibkit bench --model model.onnx --int8 runs/m:mse --fp16 --batch-sizes 1,8",
+    "compare": "calibkit compare --model model.onnx --images val/ --candidates int8:runs/m:mse+minmax,fp16",
+    "demo": "calibkit demo --out reports/demo",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calibkit", description="INT8/FP16 quantization workbench for ONNX models")
+    parser = argparse.ArgumentParser(prog="calibkit", description="INT8/FP16 quantization workbench for ONNX models",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"calibkit {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars (warnings and results still show)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("eval", help="FP32 top-1/top-5 of a model on labelled images")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_HelpFormatter,
+                              epilog=f"example:\n  {EXAMPLES[name]}")
+
+    p = command("eval", "FP32 top-1/top-5 of a model on labelled images")
     _add_model(p)
     _add_images(p)
     p.add_argument("--backend", "--provider", dest="backend", default="ort-cpu", help="ort-cpu, ort-cuda, tensorrt")
     _add_task(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("calibrate", help="collect statistics once, write ranges for every method")
+    p = command("calibrate", "collect statistics once, write ranges for every method")
     _add_model(p)
     _add_images(p)
     p.add_argument("--method", default="entropy2", help="comma list: entropy2, minmax, percentile:99.99, mse, all")
     p.add_argument("--samples", type=int, default=500, help="calibration images to pick (0 = all)")
     p.add_argument("--sampler", default="random", help="random, stratified, kmeans, all")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--out", type=Path, required=True, help="run folder for caches, JSON, stats")
     p.add_argument("--trt-version", type=_positive_int, default=DEFAULT_TRT_VERSION,
                    help="version number in the cache header")
@@ -351,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("quantize", help="write a Q/DQ ONNX model from a ranges JSON")
+    p = command("quantize", "write a Q/DQ ONNX model from a ranges JSON")
     _add_model(p)
     p.add_argument("--ranges", type=Path, required=True, help="JSON written by calibkit calibrate")
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
@@ -359,18 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("bench", help="latency and throughput of FP32, INT8 and FP16 models")
+    p = command("bench", "latency and throughput of FP32, INT8 and FP16 models (random inputs of the model's shape)")
     _add_model(p)
-    _add_images(p, required=False)
+    _add_preprocess(p, shape_only=True)
     p.add_argument("--int8", help="RUN_DIR[:method+method] of calibkit calibrate")
     p.add_argument("--fp16", action="store_true", help="also export and time the FP16 model")
     p.add_argument("--backend", default="all", help="all (every backend available here), ort-cpu, ort-cuda, tensorrt")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
-    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where the FP16 model is written")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default="1,8,32", help="comma list")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where models the run lacks are written")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("compare", help="FP32 vs candidates: accuracy, drift per layer, speed, HTML report")
+    p = command("compare", "FP32 vs candidates: accuracy, drift per layer, speed, HTML report")
     _add_model(p)
     _add_images(p)
     p.add_argument("--candidates", required=True, help="comma list: int8:RUN_DIR[:method+method], fp16")
@@ -379,15 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, out_default=Path("reports/compare"))
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="the whole chain on EfficientNet-Lite0 and the shared photos")
-    p.add_argument("--out", type=Path, default=Path("reports/demo"))
-    p.add_argument("--method", default="entropy2,percentile:99.99,minmax")
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--sampler", default="random")
-    p.add_argument("--seed", type=int, default=0)
+    p = command("demo", "the whole chain on EfficientNet-Lite0 and the shared photos")
+    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="run folder and report")
+    p.add_argument("--method", default="entropy2,percentile:99.99,minmax", help="calibrators to compare")
+    p.add_argument("--samples", type=int, default=500, help="calibration images to pick")
+    p.add_argument("--sampler", default="random", help="random, stratified, kmeans")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
     _add_compare_options(p, out_default=None, with_out=False)
-    p.set_defaults(func=cmd_demo, accuracy_budget=0.5)
+    p.add_argument("--no-accuracy-budget", dest="accuracy_budget", action="store_const", const=None,
+                   help="skip the layer sensitivity ranking and the budget fit")
+    p.set_defaults(func=cmd_demo, accuracy_budget=DEMO_BUDGET)
     return parser
 
 
@@ -410,7 +477,7 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
     group.add_argument("--exclude-calibration-images", action="store_true",
                        help="evaluate only on images no INT8 candidate was calibrated on (the demo does)")
-    group.add_argument("--bench-batch-sizes", type=_batch_sizes, default=[1, 8, 32])
+    group.add_argument("--bench-batch-sizes", type=_batch_sizes, default="1,8,32", help="batch sizes to time")
     group.add_argument("--fail-on", action="append", default=[], metavar="RULE",
                        help="exit 3 when a candidate meets RULE, e.g. recall<0.95, top1-drop>1, cer>5")
     group.add_argument("--fail-on-top1-drop", type=float, help="same as --fail-on top1-drop>X")
@@ -434,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for user errors."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_quiet(args.quiet)
     warnings.showwarning = show_warning
     signal.signal(signal.SIGTERM, _terminated)
     handler: Callable[[argparse.Namespace], int] = args.func

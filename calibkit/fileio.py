@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -11,20 +12,36 @@ from typing import Iterator
 from calibkit.errors import CalibkitError
 
 
+# Failures of the disk rather than of calibkit: a full disk or quota, a file-size limit, a read-only mount.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 def cache_dir() -> Path:
     """``$CALIBKIT_HOME`` or ``~/.cache/calibkit``: exported models and built engines, never in git."""
     return Path(os.environ.get("CALIBKIT_HOME", Path.home() / ".cache" / "calibkit"))
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` if needed and fail with a one-line message when it cannot be written."""
+def ensure_writable_dir(path: Path, fix: str = "choose another --out") -> Path:
+    """Create ``path`` if needed and fail with a one-line message ending in ``fix`` when it cannot be
+    written. Writability is tried with a real file: permission bits say nothing for root, /proc or a
+    read-only mount."""
+    path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CalibkitError(f"{path}: cannot create output folder ({exc.strerror}); choose another --out") from exc
-    if not os.access(path, os.W_OK):
-        raise CalibkitError(f"{path}: output folder is not writable; choose another --out")
+        raise CalibkitError(f"{path}: cannot create output folder ({exc.strerror}); {fix}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CalibkitError(f"{path}: output folder is not writable ({exc.strerror}); {fix}") from exc
     return path
+
+
+def ensure_writable_file(path: Path) -> Path:
+    """Fail early, with one line naming ``path``, when its folder cannot take a new file."""
+    ensure_writable_dir(Path(path).parent, fix=f"choose another path than {path}")
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -33,17 +50,19 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
     The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
     ``mkstemp``'s private 0600."""
-    final = Path(final)
-    ensure_writable_dir(final.parent)
+    final = ensure_writable_file(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            raise CalibkitError(f"{final}: cannot be written ({exc.strerror}); free some space or choose another "
+                                "output path") from exc
         raise
 
 

@@ -32,6 +32,7 @@ from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
+from calibkit.run_folder import SUMMARY, clear_earlier_run
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
 from calibkit.samplers.registry import sample
@@ -88,9 +89,9 @@ def check_made_from(model: Path, recorded: str | None, source: Path, noun: str) 
 
 def check_run_matches(model: Path, run_dir: Path) -> None:
     """Refuse a run folder that is incomplete or was calibrated from another model file."""
-    summary = Path(run_dir) / "summary.json"
+    summary = Path(run_dir) / SUMMARY
     if not summary.is_file():
-        raise CalibkitError(f"{run_dir}: no summary.json, so the calibration did not finish; run calibkit calibrate "
+        raise CalibkitError(f"{run_dir}: no {SUMMARY}, so the calibration did not finish; run calibkit calibrate "
                             f"--out {run_dir} again")
     check_made_from(model, json.loads(summary.read_text(encoding="utf-8")).get("model_sha256"), run_dir, "run")
 
@@ -104,10 +105,12 @@ def method_label(text: str) -> str:
 
 
 def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = None,
-                    exclude: Sequence[str] = ()) -> list[Candidate]:
-    """One INT8 candidate per calibrator of ``run_dir``, exporting any Q/DQ model not yet there."""
+                    exclude: Sequence[str] = (), out: Path | None = None) -> list[Candidate]:
+    """One INT8 candidate per calibrator of ``run_dir``. Q/DQ models the run lacks, or that ``exclude``
+    changes, are exported into ``out`` (default ``run_dir``: pass another folder to leave the run as it is)."""
     run_dir = Path(run_dir)
-    found = sorted(p.name[: -len(".json")] for p in run_dir.glob("*.json") if p.name != "summary.json")
+    out = Path(out) if out is not None else run_dir
+    found = sorted(p.name[: -len(".cache")] for p in run_dir.glob("*.cache") if (run_dir / f"{p.stem}.json").is_file())
     if not found:
         raise CalibkitError(f"{run_dir}: no calibration JSON found; run calibkit calibrate --out {run_dir} first")
     check_run_matches(model, run_dir)
@@ -120,7 +123,8 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     for label in chosen:
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
-            paths = export_int8(source, run_dir, label, exclude)
+            ranges, _ = read_ranges(run_dir / f"{label}.json")
+            paths = export_int8(source, out, label, exclude, ranges)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
                                     paths["onnxruntime"], label, run_dir / f"{label}.json", source))
     return candidates
@@ -205,6 +209,7 @@ def calibrate(
     ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     """
+    began = time.perf_counter()
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     ensure_writable_dir(out)
@@ -213,12 +218,16 @@ def calibrate(
     graph = normalized_graph(model, original, spec)
     resolve_exclusions(graph.model, exclude)
     pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"checks_s": time.perf_counter() - began}
     start = time.perf_counter()
     if skip_bad and samples and samples < len(pool):
         pool, _ = readable_embeddings(pool, skip_bad=True)
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
+    cleared = clear_earlier_run(out)
+    if cleared:
+        warnings.warn(f"{out}: removed {len(cleared)} files of an earlier run, so the folder describes this run only",
+                      stacklevel=2)
     coverage = None
     if report_coverage and len(chosen) < len(pool):
         start = time.perf_counter()
@@ -239,23 +248,29 @@ def calibrate(
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
     ranges = {}
     quantized = quantized_inputs(normalized_model(source).model)
-    for label, calibrator in calibrators.items():
-        start = time.perf_counter()
-        ranges[label] = compute_ranges(stats.tensors, calibrator)
-        warn_clipping(label, ranges[label], quantized)
-        timings[f"{label}_s"] = time.perf_counter() - start
-        scales = {name: r.scale for name, r in ranges[label].items()}
-        write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
-        write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
-        export_int8(source, out, label, exclude, ranges[label])
+    timings.update(ranges_s=0.0, export_s=0.0)
+    with progress(len(calibrators), "ranges and Q/DQ exports", unit="method") as bar:
+        for label, calibrator in calibrators.items():
+            start = time.perf_counter()
+            ranges[label] = compute_ranges(stats.tensors, calibrator)
+            warn_clipping(label, ranges[label], quantized)
+            timings["ranges_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            scales = {name: r.scale for name, r in ranges[label].items()}
+            write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
+            write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
+            export_int8(source, out, label, exclude, ranges[label])
+            timings["export_s"] += time.perf_counter() - start
+            bar.update(1)
     enough = None
     if len(stats.shards) > 1:
         start = time.perf_counter()
         enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()), budget_s=stats.seconds)
         timings["sufficiency_s"] = time.perf_counter() - start
+    timings["total_s"] = time.perf_counter() - began
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
                "coverage": coverage, "sufficiency": enough}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
 
 
@@ -406,7 +421,12 @@ def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bo
     from calibkit.compare.sensitivity import ImageCache
     from calibkit.data.loader import iter_batches
 
-    return ImageCache(list(iter_batches(items, preprocess, 16, skip_bad=skip_bad)))
+    batches = []
+    with progress(len(items), "decoding images into memory") as bar:
+        for batch in iter_batches(items, preprocess, 16, skip_bad=skip_bad):
+            batches.append(batch)
+            bar.update(len(batch.array))
+    return ImageCache(batches)
 
 
 def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,

@@ -331,3 +331,154 @@ def test_sigterm_stops_a_calibration_cleanly(demo_model, shared_images, tmp_path
     assert "Traceback" not in err
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "no half-written file is left"
     assert not (run / "summary.json").exists(), "an interrupted run is not marked finished"
+
+
+def test_a_reused_run_folder_describes_one_run_and_compare_leaves_it_as_it_was(small_model, image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax,mse", "--samples", "0"]) == 0
+    (run / "notes.txt").write_text("the user's own file")
+    again = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                    "--method", "entropy2", "--samples", "0")
+    assert again.returncode == 0 and "removed" in again.stderr and "earlier run" in again.stderr
+    assert not list(run.glob("minmax.*")) and not list(run.glob("mse.*")), "no stale method is left beside the new one"
+    assert (run / "entropy2.qdq.onnx").is_file() and (run / "notes.txt").read_text() == "the user's own file"
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    out = tmp_path / "compare"
+    assert main(["compare", "--model", str(small_model), "--images", str(image_folder), "--no-bench", "--candidates",
+                 f"int8:{run}", "--exclude", "conv2", "--out", str(out)]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before, "compare never writes into its input run"
+    assert (out / "entropy2.qdq.onnx").is_file()
+    assert_one_line_error(run_cli("compare", "--model", str(small_model), "--images", str(image_folder),
+                                  "--candidates", f"int8:{run}", "--out", str(run)), "is the run folder being compared")
+
+
+def test_ranges_naming_tensors_of_another_model_are_refused(small_model, image_folder, tmp_path):
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
+    document = json.loads((run / "minmax.json").read_text())
+    document.pop("provenance", None)
+    document["tensors"] = {f"other_{name}": value for name, value in document["tensors"].items()}
+    (tmp_path / "foreign.json").write_text(json.dumps(document))
+    result = run_cli("quantize", "--model", str(small_model), "--ranges", str(tmp_path / "foreign.json"),
+                     "--out", str(tmp_path / "q.onnx"))
+    assert_one_line_error(result, "are not in this model", "calibrated on another model")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["calibrate", "--images", "{images}", "--out", "/proc/calibkit_run", "--samples", "0"],
+    ["calibrate", "--images", "{images}", "--out", "/proc", "--samples", "0"],
+    ["quantize", "--ranges", "{run}/minmax.json", "--out", "/proc/x.onnx"],
+    ["bench", "--json", "/proc/x.json", "--batch-sizes", "1"],
+    ["compare", "--images", "{images}", "--candidates", "fp16", "--out", "/proc/calibkit_compare"],
+])
+def test_an_unwritable_output_gets_one_line_before_any_work(small_model, image_folder, tmp_path, command):
+    run = minmax_run(small_model, image_folder, tmp_path / "run") if "{run}/minmax.json" in command else None
+    filled = [part.format(images=image_folder, run=run) for part in command]
+    result = run_cli(filled[0], "--model", str(small_model), *filled[1:])
+    assert_one_line_error(result, "/proc", "choose another")
+    assert "img/s" not in result.stderr and "p50" not in result.stdout, "nothing ran before the check"
+
+
+def test_a_write_that_fails_midway_gets_one_line_and_leaves_no_partial_file(small_model, image_folder, tmp_path):
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG, as a full disk fails
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # models fit, stats.npz not
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "calibkit.cli", "calibrate", "--model", str(small_model), "--images",
+                             str(image_folder), "--out", str(run), "--method", "minmax", "--samples", "0"],
+                            capture_output=True, text=True, env={**os.environ, "CALIBKIT_QUIET": "1"},
+                            preexec_fn=limit_file_size)
+    assert_one_line_error(result, str(run), "cannot be written", "free some space")
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert not (run / "summary.json").exists()
+
+
+def test_small_defects_of_the_first_trial_stay_fixed(small_model, image_folder, tmp_path):
+    (image_folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    for option, value in (("--trt-version", "-3"), ("--batch-size", "0")):
+        result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out",
+                         str(tmp_path / "bad"), option, value)
+        assert result.returncode == 2 and "must be 1 or more" in result.stderr and "Traceback" not in result.stderr
+    run = tmp_path / "run"
+    calibrated = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                         "--method", "minmax", "--samples", "0")
+    assert calibrated.returncode == 0 and "1 image link(s) point nowhere" in calibrated.stderr, calibrated.stderr
+    gated = run_cli("compare", "--model", str(small_model), "--images", str(image_folder), "--candidates",
+                    f"int8:{run}", "--out", str(tmp_path / "c"), "--no-bench", "--task", "classification",
+                    "--fail-on-top1-drop", "0.1", "--accuracy-budget", "50")
+    assert gated.returncode == 3
+    assert "top1-drop>0.1 not checked: top1-drop was not measured" in gated.stderr, gated.stderr
+    assert "budget 50.0 agreement points met with 0 layer(s) in float" in gated.stderr
+    assert "top-1 drop" not in gated.stderr and not list((tmp_path / "c").glob("*.mixed.*"))
+
+
+def _stderr_through_a_terminal(*args: str) -> str:
+    """Run the CLI with stderr on a pseudo-terminal, as a person at a shell sees it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 columns wide
+    chunks: list[bytes] = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    env = {k: v for k, v in os.environ.items() if k != "CALIBKIT_QUIET"}
+    done = subprocess.run([sys.executable, "-m", "calibkit.cli", *args], stdout=subprocess.DEVNULL, stderr=follower,
+                          env=env)
+    os.close(follower)
+    reader.join(timeout=30)
+    os.close(leader)
+    assert done.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_show_on_a_terminal_only_and_calibrate_times_every_stage(small_model, image_folder, tmp_path):
+    common = ["calibrate", "--model", str(small_model), "--images", str(image_folder), "--method", "minmax,mse",
+              "--samples", "0"]
+    on_terminal = _stderr_through_a_terminal(*common, "--out", str(tmp_path / "tty"))
+    assert "collecting statistics" in on_terminal and "ranges and Q/DQ exports" in on_terminal
+    quiet = _stderr_through_a_terminal(*common, "--out", str(tmp_path / "quiet"), "--quiet")
+    assert "collecting statistics" not in quiet and "\r" not in quiet.replace("\r\n", "\n")
+    env = {k: v for k, v in os.environ.items() if k != "CALIBKIT_QUIET"}
+    logged = subprocess.run([sys.executable, "-m", "calibkit.cli", *common, "--out", str(tmp_path / "log")],
+                            capture_output=True, text=True, env=env)
+    assert logged.returncode == 0 and "\r" not in logged.stderr and "%|" not in logged.stderr, "no bars in a log"
+    stages = [line for line in logged.stderr.splitlines() if line.strip().startswith("stages:")]
+    assert len(stages) == 1
+    for stage in ("checks", "sampling", "statistics", "ranges", "export"):
+        assert f"{stage} " in stages[0], stages[0]
+    assert "calibrated on 12 images in" in logged.stderr
+
+
+def test_help_shows_defaults_and_an_example_and_only_the_options_a_command_uses():
+    helps = {name: run_cli(name, "--help").stdout for name in ("eval", "calibrate", "quantize", "bench", "compare", "demo")}
+    for name, text in helps.items():
+        assert f"example:\n  calibkit {name} " in text, name
+        assert "--quiet" in text
+    assert "calibrate" in helps["calibrate"] and "(default: 500)" in helps["calibrate"]
+    assert "(default: entropy2)" in helps["calibrate"] and "(default: 1,8,32)" in helps["compare"]
+    assert "--images" not in helps["bench"] and "--skip-bad" not in helps["bench"] and "--mean" not in helps["bench"]
+    assert "--no-accuracy-budget" in helps["demo"] and "(default: 0.5)" in helps["demo"]
+    from calibkit.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).accuracy_budget == 0.5
+    assert build_parser().parse_args(["demo", "--no-accuracy-budget"]).accuracy_budget is None

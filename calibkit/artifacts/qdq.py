@@ -49,6 +49,16 @@ def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> list[
     return list(dict.fromkeys(matched))
 
 
+def check_ranges_fit(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], model_path: Path) -> None:
+    """Refuse ranges naming tensors the model does not have: they were calibrated on another graph, and
+    quantizing with them would silently leave the model in float."""
+    names = {t for node in model.graph.node for t in node.output} | {i.name for i in model.graph.input}
+    unknown = [name for name in ranges if name not in names]
+    if unknown:
+        raise CalibkitError(f"{model_path}: {len(unknown)} of the {len(ranges)} calibrated tensors are not in this "
+                            f"model (e.g. {', '.join(unknown[:3])}); the ranges were calibrated on another model")
+
+
 def export_qdq(
     model_path: Path,
     ranges: Mapping[str, TensorRange],
@@ -67,6 +77,7 @@ def export_qdq(
     if target not in TARGETS:
         raise CalibkitError(f"unknown Q/DQ target {target!r}; use one of {TARGETS}")
     model = onnx.shape_inference.infer_shapes(normalized_model(Path(model_path)).model)
+    check_ranges_fit(model, ranges, model_path)
     table = TensorsData(
         CalibrationMethod.MinMax,
         {name: TensorData(lowest=np.float32(-r.amax), highest=np.float32(r.amax)) for name, r in ranges.items()},

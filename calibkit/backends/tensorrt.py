@@ -28,6 +28,9 @@ from calibkit.fileio import cache_dir
 from calibkit.onnx_model import file_sha256
 
 INSTALL_HINT = "TensorRT backend needs NVIDIA TensorRT and cuda-python: pip install 'calibkit[tensorrt]' on a CUDA machine"
+# Functions on TensorRT 10's code paths only (implicit quantization, the strongly-typed flag); every other
+# TensorRT call must exist in 10 and 11 alike (tests/backends/test_tensorrt_api.py checks both).
+TRT10_ONLY = ("replay_calibrator", "_trt10_network_flags", "_trt10_implicit_precision")
 _CACHE_HEADER_ALGOS = {
     "EntropyCalibration2": "IInt8EntropyCalibrator2",
     "MinMaxCalibration": "IInt8MinMaxCalibrator",
@@ -59,7 +62,7 @@ def _check(result):
 
 
 def replay_calibrator(trt, cache_path: Path):
-    """A TensorRT 10 calibrator whose only job is to hand TensorRT an existing cache file."""
+    """(TensorRT 10 only.) A calibrator whose only job is to hand TensorRT an existing cache file."""
     text = Path(cache_path).read_bytes()
     algorithm = text.split(b"\n", 1)[0].decode().rsplit("-", 1)[-1]
     base = getattr(trt, _CACHE_HEADER_ALGOS.get(algorithm, "IInt8EntropyCalibrator2"))
@@ -81,6 +84,22 @@ def replay_calibrator(trt, cache_path: Path):
             return None
 
     return ReplayCalibrator()
+
+
+def _trt10_network_flags(trt) -> int:
+    """TensorRT 10: ask for a strongly typed network (TensorRT 11 networks are always strongly typed)."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _trt10_implicit_precision(trt, config, precision: str, calibration_cache: Path | None) -> None:
+    """TensorRT 10 implicit quantization: builder flags, and for INT8 a calibrator replaying the cache."""
+    if precision == "int8":
+        if calibration_cache is None:
+            raise CalibkitError("implicit INT8 on TensorRT 10 needs a calibration cache (calibkit calibrate)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = replay_calibrator(trt, calibration_cache)
+    if precision in ("int8", "fp16"):
+        config.set_flag(trt.BuilderFlag.FP16)
 
 
 def _engine_key(model_path: Path, precision: str, settings: dict, gpu: str, version: str) -> str:
@@ -112,10 +131,7 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed and major < 11:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(_trt10_network_flags(trt) if strongly_typed and major < 11 else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -130,13 +146,7 @@ def build_engine(
         profile.set_shape(tensor.name, *shapes)
     config.add_optimization_profile(profile)
     if not strongly_typed:
-        if precision == "int8":
-            if calibration_cache is None:
-                raise CalibkitError("implicit INT8 on TensorRT 10 needs a calibration cache (calibkit calibrate)")
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = replay_calibrator(trt, calibration_cache)
-        if precision in ("int8", "fp16"):
-            config.set_flag(trt.BuilderFlag.FP16)
+        _trt10_implicit_precision(trt, config, precision, calibration_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise CalibkitError(f"{model_path}: TensorRT engine build failed (see TensorRT log above)")

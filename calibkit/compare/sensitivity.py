@@ -101,16 +101,19 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
     result = BudgetResult(budget, [])
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
         path = Path(tmp) / "q.onnx"
-        for k in range(0, min(max_float, len(ranking)) + 1):
-            excluded = list(ranking[:k])
-            outputs = cache.outputs(export_qdq(model, ranges, path, excluded))
-            lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
-            result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
-            if lost <= budget:
-                result.kept_float, result.met = excluded, True
-                break
-        else:
-            result.kept_float = list(ranking[: min(max_float, len(ranking))])
+        steps = min(max_float, len(ranking)) + 1
+        with progress(steps, "accuracy budget (layers in float)", unit="step") as bar:
+            for k in range(steps):
+                excluded = list(ranking[:k])
+                outputs = cache.outputs(export_qdq(model, ranges, path, excluded))
+                lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
+                result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
+                bar.update(1)
+                if lost <= budget:
+                    result.kept_float, result.met = excluded, True
+                    break
+            else:
+                result.kept_float = list(ranking[: steps - 1])
     if not result.kept_float:
         return result  # the budget holds fully quantized: the plain INT8 models are the answer
     for target, suffix in (("tensorrt", ".qdq.onnx"), ("onnxruntime", ".ort.onnx")):

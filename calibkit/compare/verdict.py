@@ -43,8 +43,10 @@ class Rule:
 
     def describe(self, metrics: Mapping[str, float | None]) -> str:
         value = metrics.get(self.metric)
-        shown = "not measured" if value is None else f"{value:.4g}"
-        return f"{self.metric.replace('_', '-')} {shown} {self.op} {self.value:g}"
+        name = self.metric.replace('_', '-')
+        if value is None:
+            return f"{self} not checked: {name} was not measured (it may need labels)"
+        return f"{name} {value:.4g} {self.op} {self.value:g}"
 
     def __str__(self) -> str:
         return f"{self.metric.replace('_', '-')}{self.op}{self.value:g}"

@@ -12,6 +12,7 @@ from PIL import Image
 from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import decode_image
 from calibkit.errors import CalibkitError
+from calibkit.progress import progress
 
 THUMBNAIL = 16
 
@@ -44,8 +45,11 @@ def readable_embeddings(items: Sequence[ImageItem], workers: int = 4,
     key = tuple(item.path for item in items)
     if _last is not None and _last[0] == key:
         return list(items), _last[1]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(lambda item: _thumbnail_or_none(item, skip_bad), items))
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress(len(items), "thumbnails for coverage") as bar:
+        rows = []
+        for row in pool.map(lambda item: _thumbnail_or_none(item, skip_bad), items):
+            rows.append(row)
+            bar.update(1)
     kept = [item for item, row in zip(items, rows) if row is not None]
     if len(kept) < len(items):
         warnings.warn(f"skipped {len(items) - len(kept)} unreadable image(s) of {len(items)} (--skip-bad)",

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from calibkit.calib.registry import Calibrator, compute_ranges
+from calibkit.progress import progress
 from calibkit.stats.histogram import TensorStats
 from calibkit.stats.collect import merge_shards
 
@@ -65,6 +66,7 @@ def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence
     draws = {k: [rng.integers(0, len(shards), size=k) for _ in range(bootstrap)] for k in counts}
     merged = {(k, b): merge_shards([shards[i] for i in pick]) for k, picks in draws.items()
               for b, pick in enumerate(picks)}
+    bar = progress(len(calibrators) * len(counts) * bootstrap, "sufficiency (bootstrap)", unit="draw")
     for calibrator in calibrators:
         rows = []
         for k in counts:
@@ -73,8 +75,10 @@ def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence
                 change = np.abs(_quiet_amax(merged[(k, b)], calibrator) / reference[calibrator.label] - 1) * 100
                 means.append(float(np.mean(change)))
                 p90s.append(float(np.percentile(change, 90)))
+                bar.update(1)
             rows.append({"images": int(sum(shard_images[:k])) if k == len(shards) else k * per_shard,
                          "mean_change_pct": float(np.mean(means)), "spread_pct": float(np.std(means)),
                          "p90_change_pct": float(np.mean(p90s))})
         result["methods"][calibrator.label] = rows
+    bar.close()
     return result

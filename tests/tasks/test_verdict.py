@@ -27,7 +27,7 @@ def test_gates_fail_and_unmeasured_gates_fail_too():
     gate = [parse_rule("top1-drop>1", KEYS)]
     assert judge({"top1_drop": 0.5}, [], gate)["status"] == "usable"
     assert judge({"top1_drop": 1.5}, [], gate)["status"] == "fails gate"
-    assert judge({"top1_drop": None}, [], gate)["failed_gates"] == ["top1-drop not measured > 1"]
+    assert judge({"top1_drop": None}, [], gate)["failed_gates"] == ["top1-drop>1 not checked: top1-drop was not measured (it may need labels)"]
 
 
 def test_nan_outputs_make_a_candidate_unusable():
