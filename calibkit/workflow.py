@@ -32,6 +32,7 @@ from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
+from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY, clear_earlier_run
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
@@ -360,14 +361,9 @@ def compare_and_report(
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}
-    extras: dict = {"stats": None, "thresholds": None, "sufficiency": None}
-    if run is not None:
-        provenance.update({f"calibration {k}": v for k, v in run.stats.provenance.items() if k != "preprocess"})
-        provenance["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in run.timings.items()})
-        if run.coverage:
-            provenance["calibration subset coverage"] = json.dumps(run.coverage)
-        extras = {"stats": run.stats.tensors, "sufficiency": run.sufficiency,
-                  "thresholds": {label: {n: r.amax for n, r in ranges.items()} for label, ranges in run.ranges.items()}}
+    extras, calibration_rows = calibration_sections(run, candidates)
+    provenance.update(calibration_rows)
+    provenance.update(environment([item.path for item in items]))
     provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
     write_report(report, comparison, [], provenance=provenance, **extras)
     speed: list[dict] = []
@@ -380,6 +376,28 @@ def compare_and_report(
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
         write_report(report, comparison, speed, provenance=provenance, **extras)
     return {"comparison": comparison, "speed": speed}
+
+
+def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:
+    """The report's calibration sections (statistics, thresholds, sufficiency) and provenance rows: from
+    ``run`` when this command calibrated, else read back from the run folder the INT8 candidates came from."""
+    if run is not None:
+        stats, ranges, timings, coverage, enough = run.stats, run.ranges, run.timings, run.coverage, run.sufficiency
+    else:
+        run_dir = next((c.ranges.parent for c in candidates if c.ranges is not None), None)
+        if run_dir is None or not (run_dir / "stats.npz").is_file():
+            return {"stats": None, "thresholds": None, "sufficiency": None}, {}
+        stats = CollectedStats.load(run_dir / "stats.npz")
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+        ranges = {c.calibrator: read_ranges(c.ranges)[0] for c in candidates
+                  if c.ranges is not None and c.ranges.parent == run_dir}
+        timings, coverage, enough = summary.get("timings", {}), summary.get("coverage"), summary.get("sufficiency")
+    rows = {f"calibration {k}": v for k, v in stats.provenance.items() if k != "preprocess"}
+    rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items()})
+    if coverage:
+        rows["calibration subset coverage"] = json.dumps(coverage)
+    thresholds = {label: {name: r.amax for name, r in table.items()} for label, table in ranges.items()}
+    return {"stats": stats.tensors, "sufficiency": enough, "thresholds": thresholds}, rows
 
 
 def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -> dict[str, dict]:

@@ -482,3 +482,56 @@ def test_help_shows_defaults_and_an_example_and_only_the_options_a_command_uses(
 
     assert build_parser().parse_args(["demo"]).accuracy_budget == 0.5
     assert build_parser().parse_args(["demo", "--no-accuracy-budget"]).accuracy_budget is None
+
+
+def test_16_bit_and_transparent_images_calibrate_at_their_true_brightness(small_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((40, 48), 16448, np.uint16)).save(folder / f"depth16_{index}.png")  # 64 in 8 bits
+        rgba = np.zeros((40, 48, 4), np.uint8)
+        rgba[..., :3] = 64
+        Image.fromarray(rgba, "RGBA").save(folder / f"clear_{index}.png")  # alpha 0 everywhere
+    run = tmp_path / "run"
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(folder), "--out", str(run),
+                     "--method", "minmax", "--samples", "0")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads((run / "minmax.json").read_text())["tensors"]["input"]
+    expected = (64 - 127.5) / 127.5  # the imagenet-tf preset's scaling; white would be +1
+    assert abs(seen["min"] - expected) < 0.01 and abs(seen["max"] - expected) < 0.01, seen
+
+
+def test_the_images_hash_follows_the_pixels(small_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    hashes = []
+    for shade in (40, 200):
+        folder = tmp_path / f"shade{shade}"
+        folder.mkdir()
+        for index in range(3):
+            Image.fromarray(np.full((40, 48, 3), shade + index, np.uint8)).save(folder / f"img_{index}.png")
+        run = tmp_path / f"run{shade}"
+        assert run_cli("calibrate", "--model", str(small_model), "--images", str(folder), "--out", str(run),
+                       "--method", "minmax", "--samples", "0").returncode == 0
+        hashes.append(json.loads((run / "summary.json").read_text())["images_sha256"])
+    assert hashes[0] != hashes[1], "same file names, different pixels: different hashes"
+
+
+def test_bench_times_every_precision_side_by_side_with_p90_and_a_noise_verdict(small_model, image_folder, tmp_path):
+    run = minmax_run(small_model, image_folder, tmp_path / "run")
+    rows_path = tmp_path / "bench.json"
+    result = run_cli("bench", "--model", str(small_model), "--int8", str(run), "--fp16", "--batch-sizes", "1,8",
+                     "--backend", "ort-cpu", "--out", str(tmp_path / "bench"), "--json", str(rows_path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(rows_path.read_text())
+    assert {(r["candidate"], r["batch"]) for r in rows} == {(c, b) for c in ("fp32", "int8 minmax", "fp16")
+                                                            for b in (1, 8)}
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and isinstance(row["noisy"], bool)
+        if row["candidate"] != "fp32":
+            assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+    assert "noisy" in result.stdout.splitlines()[0]

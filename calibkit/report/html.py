@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import jinja2
 import numpy as np
 
+from calibkit.compare.verdict import parse_rule
 from calibkit.fileio import write_text_atomic
-from calibkit.report.svg import histogram_chart, line_chart
+from calibkit.report.provenance import cpu_name, usable_cpus
+from calibkit.report.svg import axis_range, histogram_chart, line_chart, method_colours
 from calibkit.stats.histogram import TensorStats
 from calibkit.tasks.base import Metric
 
 WORST_LAYERS = 5
 HIST_BARS = 256
+# The sufficiency chart's rule: ranges that move less than this (mean |amax change|, %) between a
+# subset and the whole calibration set would not move with more images either.
+SUFFICIENT_CHANGE_PCT = 1.0
 
 
 def _json_safe(value):
@@ -31,8 +34,13 @@ def _json_safe(value):
     return value
 
 
+def method_key(candidate: Mapping) -> str:
+    """What a candidate's colour follows: its calibrator (shared with histograms and sufficiency) or name."""
+    return candidate.get("calibrator") or candidate["name"]
+
+
 def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
-                thresholds: Mapping[str, Mapping[str, float]]) -> list[dict]:
+                thresholds: Mapping[str, Mapping[str, float]], colours: Mapping[str, str]) -> list[dict]:
     figures = []
     for tensor in tensors:
         if tensor not in stats or not stats[tensor].count:
@@ -40,24 +48,43 @@ def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
         st = stats[tensor]
         counts, edges = st.resampled(HIST_BARS)
         marks = {label: amaxes[tensor] for label, amaxes in thresholds.items() if tensor in amaxes}
-        figures.append({"tensor": tensor, "svg": histogram_chart(list(counts), float(edges[-1]), marks)})
+        figures.append({"tensor": tensor, "svg": histogram_chart(list(counts), float(edges[-1]), marks, colours)})
     return figures
 
 
-def _metric_table(comparison: Mapping, speed: Mapping) -> dict:
-    """Columns (the task's metrics that have a value somewhere) and one row per model, formatted."""
+def _rule_classes(comparison: Mapping, metrics: Sequence[str]) -> dict[str, list]:
+    """The gate and unusable rules of the run by metric key, so a cell can be coloured by its threshold."""
+    rules: dict[str, list] = {}
+    for text in [*comparison.get("rules", {}).get("fail_on", []), *comparison.get("rules", {}).get("unusable_if", [])]:
+        rule = parse_rule(text, metrics)
+        rules.setdefault(rule.metric, []).append(rule)
+    return rules
+
+
+def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
+    """Columns (the task's metrics that have a value somewhere) and one row per model, formatted; a
+    cell under a gate or unusable rule is marked ``bad`` when the rule is met, else ``good``."""
     metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
     reference = comparison["reference"]["metrics"]
     columns = [m for m in metrics
                if reference.get(m.key) is not None or any(c["metrics"].get(m.key) is not None
                                                            for c in comparison["candidates"])]
-    rows = [{"name": "fp32 (reference)", "cells": [m.format(None if m.versus_fp32 else reference.get(m.key))
-                                                   for m in columns], "status": "reference", "sqnr": "–"}]
+    rules = _rule_classes(comparison, [m.key for m in metrics] + ["output_sqnr"])
+
+    def judged(values: Mapping, key: str) -> str:
+        verdicts = [rule.met(values) for rule in rules.get(key, [])]
+        return "bad" if any(verdicts) else "good" if verdicts and values.get(key) is not None else ""
+
+    rows = [{"name": "fp32 (reference)", "cells": [(m.format(None if m.versus_fp32 else reference.get(m.key)), "")
+                                                   for m in columns], "status": "reference", "sqnr": ("–", ""),
+             "colour": None}]
     for c in comparison["candidates"]:
         sqnr = c["metrics"].get("output_sqnr")
-        rows.append({"name": c["name"], "cells": [m.format(c["metrics"].get(m.key)) for m in columns],
-                     "status": c["verdict"]["status"],
-                     "sqnr": "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"})
+        shown = "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"
+        rows.append({"name": c["name"], "cells": [(m.format(c["metrics"].get(m.key)), judged(c["metrics"], m.key))
+                                                  for m in columns],
+                     "status": c["verdict"]["status"], "sqnr": (shown, judged(c["metrics"], "output_sqnr")),
+                     "colour": colours.get(method_key(c))})
     return {"columns": columns, "rows": rows}
 
 
@@ -108,13 +135,9 @@ def write_report(
         worst = sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
         worst_tensors.extend(l["tensor"] for l in worst)
         candidates.append({**c, "worst_layers": worst})
-    series = {}
-    x_labels: list[str] = []
-    for c in comparison["candidates"]:
-        if c["layers"]:
-            x_labels = x_labels or [l["tensor"] for l in c["layers"]]
-            by_name = {l["tensor"]: l["sqnr_db"] for l in c["layers"]}
-            series[c["name"]] = [by_name.get(name) for name in x_labels]
+    thresholds = _in_candidate_order(thresholds, candidates)
+    colours = method_colours([method_key(c) for c in candidates] + list(thresholds)
+                             + list((sufficiency or {}).get("methods", {})))
     speed = {}
     for row in speed_rows:
         key = "fp32" if row["precision"] == "fp32" else row["candidate"]
@@ -132,20 +155,21 @@ def write_report(
         labelled=comparison["labelled"],
         preprocess=comparison.get("preprocess", ""),
         coverage_note=comparison.get("note"),
-        table=_metric_table(comparison, speed),
+        table=_metric_table(comparison, colours),
         details=[t for c in comparison["candidates"] for t in _detail_tables(c)],
         candidates=candidates,
         batch_sizes=sorted({row["batch"] for row in speed_rows}),
         speed=speed,
         speed_error=comparison.get("speed_error"),
         profiles=comparison.get("profiles", {}),
-        machine=f"{os.cpu_count()} CPU cores ({platform.machine()})",
-        sqnr_chart=line_chart(series, x_labels, "SQNR (dB)") if series else "<p>No per-layer data.</p>",
-        histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, _in_candidate_order(thresholds, candidates)),
+        machine=f"{cpu_name()}, {usable_cpus()} CPUs usable",
+        drift_charts=_drift_charts(comparison["candidates"], colours),
+        histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_images=comparison.get("layer_images", comparison["images"]),
         sensitivity=comparison.get("sensitivity"),
         sufficiency=sufficiency,
-        sufficiency_chart=_sufficiency_chart(sufficiency),
+        sufficiency_chart=_sufficiency_chart(sufficiency, colours),
+        sufficient_pct=SUFFICIENT_CHANGE_PCT,
         provenance=dict(provenance or {}),
         json_name=out_json.name,
     )
@@ -156,14 +180,36 @@ def write_report(
     return out_html, out_json
 
 
-def _sufficiency_chart(sufficiency: Mapping | None) -> str | None:
+def _drift_charts(candidates: Sequence[Mapping], colours: Mapping[str, str]) -> list[dict]:
+    """Per-layer SQNR as small multiples, one chart per candidate on a shared y axis, so curves that
+    would overlap on one chart stay readable and comparable."""
+    with_layers = [c for c in candidates if c["layers"]]
+    if not with_layers:
+        return []
+    y_range = axis_range([l["sqnr_db"] for c in with_layers for l in c["layers"]])
+    charts = []
+    for c in with_layers:
+        labels = [l["tensor"] for l in c["layers"]]
+        svg = line_chart({c["name"]: [l["sqnr_db"] for l in c["layers"]]}, labels, "SQNR (dB)", height=170,
+                         colours={c["name"]: colours.get(method_key(c))}, y_range=y_range)
+        charts.append({"name": c["name"], "svg": svg})
+    return charts
+
+
+def _sufficiency_chart(sufficiency: Mapping | None, colours: Mapping[str, str]) -> str | None:
+    """Mean range change against the number of calibration images: zero-based y, log-spaced x, and the
+    dashed line under which a method's ranges have settled."""
     if not sufficiency or not sufficiency.get("methods"):
         return None
     methods = sufficiency["methods"]
-    sizes = [str(row["images"]) for row in next(iter(methods.values()))]
+    rows = next(iter(methods.values()))
     series = {label: [row["mean_change_pct"] for row in rows] for label, rows in methods.items()}
-    return line_chart(series, sizes, "mean |amax change| (%)", "calibration images (bootstrap mean)",
-                      height=260, tick_labels=True)
+    values = [v for vs in series.values() for v in vs]
+    return line_chart(series, [str(row["images"]) for row in rows], "mean |amax change| (%)",
+                      "calibration images (log scale; bootstrap mean)", height=260, tick_labels=True, colours=colours,
+                      x_values=[row["images"] for row in rows], log_x=True,
+                      y_range=axis_range(values + [SUFFICIENT_CHANGE_PCT], floor=0.0),
+                      rules={SUFFICIENT_CHANGE_PCT: f"{SUFFICIENT_CHANGE_PCT:g} %: settled"})
 
 
 def _in_candidate_order(thresholds, candidates) -> dict:

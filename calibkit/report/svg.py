@@ -1,4 +1,8 @@
-"""Tiny inline-SVG charts, so the report needs no JavaScript library and opens offline."""
+"""Tiny inline-SVG charts, so the report needs no JavaScript library and opens offline.
+
+Colours are passed in by name (one colour per method across every chart of a report: see
+:func:`method_colours`); a series without one falls back to grey.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,61 @@ from html import escape
 from typing import Mapping, Sequence
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+FALLBACK = "#888"
+
+
+def method_colours(keys: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per key, in first-seen order (the same key gets the same colour in every chart)."""
+    unique = list(dict.fromkeys(keys))
+    return {key: PALETTE[index % len(PALETTE)] for index, key in enumerate(unique)}
 
 
 def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
-def _axis_range(values: list[float]) -> tuple[float, float]:
+def axis_range(values: Sequence[float], floor: float | None = None) -> tuple[float, float]:
+    """Padded [lo, hi] of the finite ``values``; ``floor`` pins the low end (e.g. 0 for a zero-based axis)."""
+    values = _finite(values)
     if not values:
-        return 0.0, 1.0
+        return (floor or 0.0), (floor or 0.0) + 1.0
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.05 or 1.0
-    return lo - pad, hi + pad
+    return (lo - pad if floor is None else floor), hi + pad
 
 
 def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y_label: str,
                x_label: str = "layer (network depth)", width: int = 900, height: int = 300,
-               tick_labels: bool = False) -> str:
-    """One polyline per series over shared x positions; hovering a point shows its x label and value."""
+               tick_labels: bool = False, colours: Mapping[str, str] | None = None,
+               x_values: Sequence[float] | None = None, log_x: bool = False,
+               y_range: tuple[float, float] | None = None, rules: Mapping[float, str] | None = None) -> str:
+    """One polyline per series; hovering a point shows its x label and value.
+
+    Points sit at evenly spaced positions, or at ``x_values`` (on a log scale with ``log_x``).
+    ``y_range`` fixes the axis (to compare small multiples); ``rules`` draws a dashed horizontal line
+    per ``{y: caption}``."""
+    colours = colours or {}
     left, right, top, bottom = 60, 160, 15, 44 if tick_labels else 30
-    lo, hi = _axis_range(_finite([v for vs in series.values() for v in vs]))
-    n = max(len(x_labels), 2)
-    sx = lambda i: left + i * (width - left - right) / (n - 1)  # noqa: E731
-    sy = lambda v: top + (hi - v) * (height - top - bottom) / (hi - lo)  # noqa: E731
+    lo, hi = y_range or axis_range([v for vs in series.values() for v in vs] + list(rules or {}))
+    if x_values is not None:
+        xs = [math.log10(v) if log_x else float(v) for v in x_values]
+        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        sx = lambda i: left + (xs[i] - x_lo) * (width - left - right) / (x_hi - x_lo)  # noqa: E731
+    else:
+        n = max(len(x_labels), 2)
+        sx = lambda i: left + i * (width - left - right) / (n - 1)  # noqa: E731
+    sy = lambda v: top + (hi - min(max(v, lo), hi)) * (height - top - bottom) / (hi - lo)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {width} {height}" class="chart" role="img">']
     for k in range(5):
         value = lo + (hi - lo) * k / 4
         y = sy(value)
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+    for value, caption in (rules or {}).items():
+        y = sy(value)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" '
+                     f'stroke-dasharray="5,4"/><text x="{width - right - 4}" y="{y - 4:.1f}" text-anchor="end" '
+                     f'fill="#555">{escape(caption)}</text>')
     parts.append(f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
                  f'{escape(y_label)}</text>')
     parts.append(f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">'
@@ -44,7 +74,7 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
         for i, label in enumerate(x_labels):
             parts.append(f'<text x="{sx(i):.1f}" y="{height - bottom + 14}" text-anchor="middle">{escape(label)}</text>')
     for index, (name, values) in enumerate(series.items()):
-        colour = PALETTE[index % len(PALETTE)]
+        colour = colours.get(name, FALLBACK)
         points = [(sx(i), sy(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
@@ -59,22 +89,29 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
 
 
 def histogram_chart(counts: Sequence[float], upper: float, thresholds: Mapping[str, float],
-                    width: int = 420, height: int = 170) -> str:
-    """log10(1 + count) bars of an |x| histogram over [0, upper] with a vertical line per threshold."""
-    left, right, top, bottom = 10, 10, 10, 22
+                    colours: Mapping[str, str] | None = None, width: int = 420, height: int = 170) -> str:
+    """Bars of an |x| histogram over [0, upper], heights on a log scale with ticks at 1, 10, 100, ...
+    values, and a vertical line per calibrator threshold in the calibrator's colour."""
+    colours = colours or {}
+    left, right, top, bottom = 40, 10, 10, 22
     heights = [math.log10(1 + c) for c in counts]
     peak = max(heights) or 1.0
     bar = (width - left - right) / len(counts)
-    parts = [f'<svg viewBox="0 0 {width} {height}" class="chart hist" role="img">']
     base = height - bottom
+    scale = lambda h: base - h / peak * (base - top)  # noqa: E731
+    parts = [f'<svg viewBox="0 0 {width} {height}" class="chart hist" role="img">']
+    for power in range(0, int(peak) + 1):
+        y = scale(math.log10(1 + 10 ** power))
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_count_label(10 ** power)}</text>')
     for i, h in enumerate(heights):
         if h:
-            y = base - h / peak * (base - top)
+            y = scale(h)
             parts.append(f'<rect x="{left + i * bar:.2f}" y="{y:.1f}" width="{max(bar, 0.6):.2f}" '
                          f'height="{base - y:.1f}" fill="#9ab"/>')
     for index, (name, amax) in enumerate(thresholds.items()):
         x = left + min(amax / upper, 1.0) * (width - left - right) if upper else left
-        colour = PALETTE[index % len(PALETTE)]
+        colour = colours.get(name, FALLBACK)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{base}" stroke="{colour}" stroke-width="1.5">'
                      f"<title>{escape(name)}: amax {amax:.4g}</title></line>")
         parts.append(f'<text x="{width - right}" y="{top + 10 + 12 * index}" text-anchor="end" fill="{colour}">'
@@ -82,3 +119,7 @@ def histogram_chart(counts: Sequence[float], upper: float, thresholds: Mapping[s
     parts.append(f'<text x="{left}" y="{height - 6}">0</text>'
                  f'<text x="{width - right}" y="{height - 6}" text-anchor="end">|x| {upper:.3g}</text></svg>')
     return "".join(parts)
+
+
+def _count_label(count: int) -> str:
+    return f"{count // 1_000_000}M" if count >= 1_000_000 else f"{count // 1000}k" if count >= 1000 else str(count)
