@@ -17,10 +17,11 @@ from typing import Mapping, Sequence
 import onnx
 
 from calibkit.artifacts.fp16 import export_fp16
+from calibkit.artifacts.method_files import MethodFiles, export_targets, qdq_paths, write_all
 from calibkit.artifacts.placement import quantized_inputs
-from calibkit.artifacts.qdq import export_qdq, resolve_exclusions
-from calibkit.artifacts.ranges_json import read_ranges, write_ranges
-from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION, write_cache
+from calibkit.artifacts.qdq import resolve_exclusions
+from calibkit.artifacts.ranges_json import read_ranges
+from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, get_calibrator, parse_methods,
                                      warn_clipping)
 from calibkit.compare.run import Candidate
@@ -64,21 +65,9 @@ CALIBRATED_GRAPH = "model.calibrated.onnx"
 # Calibration images (evenly spread over the chosen set) that measure per-channel maxima for equalisation.
 EQUALIZATION_IMAGES = 32
 
-
-def qdq_paths(out: Path, label: str) -> dict[str, Path]:
-    """Where a run keeps the Q/DQ models of calibrator ``label``, by target."""
-    return {"tensorrt": out / f"{label}.qdq.onnx", "onnxruntime": out / f"{label}.ort.onnx"}
-
-
-def export_int8(model: Path, run_dir: Path, label: str, exclude: Sequence[str] = (),
-                ranges: Mapping[str, TensorRange] | None = None) -> dict[str, Path]:
-    """Write both Q/DQ targets for one calibrator of a run (ranges read from its JSON unless given)."""
-    if ranges is None:
-        ranges, _ = read_ranges(run_dir / f"{label}.json")
-    paths = qdq_paths(run_dir, label)
-    for target, path in paths.items():
-        export_qdq(model, ranges, path, exclude=exclude, target=target)
-    return paths
+# The sufficiency check's time budget, as a share of the statistics pass: the cheapest calibrators are
+# checked first, the costly ones (MSE) are named as left out rather than doubling a calibration's time.
+SUFFICIENCY_BUDGET = 0.25
 
 
 def check_made_from(model: Path, recorded: str | None, source: Path, noun: str) -> None:
@@ -125,7 +114,7 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
             ranges, _ = read_ranges(run_dir / f"{label}.json")
-            paths = export_int8(source, out, label, exclude, ranges)
+            paths = export_targets(source, out, label, ranges, exclude)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
                                     paths["onnxruntime"], label, run_dir / f"{label}.json", source))
     return candidates
@@ -249,25 +238,27 @@ def calibrate(
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
     ranges = {}
     quantized = quantized_inputs(normalized_model(source).model)
-    timings.update(ranges_s=0.0, export_s=0.0)
-    with progress(len(calibrators), "ranges and Q/DQ exports", unit="method") as bar:
-        for label, calibrator in calibrators.items():
-            start = time.perf_counter()
-            ranges[label] = compute_ranges(stats.tensors, calibrator)
-            warn_clipping(label, ranges[label], quantized)
-            timings["ranges_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            scales = {name: r.scale for name, r in ranges[label].items()}
-            write_cache(out / f"{label}.cache", scales, calibrator.info.trt_algorithm, trt_version)
-            write_ranges(out / f"{label}.json", ranges[label], calibrator, stats.provenance)
-            export_int8(source, out, label, exclude, ranges[label])
-            timings["export_s"] += time.perf_counter() - start
-            bar.update(1)
-    enough = None
-    if len(stats.shards) > 1:
-        start = time.perf_counter()
-        enough = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()), budget_s=stats.seconds)
-        timings["sufficiency_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for label, calibrator in calibrators.items():
+        ranges[label] = compute_ranges(stats.tensors, calibrator)
+        warn_clipping(label, ranges[label], quantized)
+    timings["ranges_s"] = time.perf_counter() - start
+    jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude))
+            for label, calibrator in calibrators.items()]
+
+    def check_sufficiency() -> dict | None:
+        if len(stats.shards) < 2:
+            return None
+        started = time.perf_counter()
+        result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
+                             budget_s=SUFFICIENCY_BUDGET * stats.seconds)
+        timings["sufficiency_s"] = time.perf_counter() - started
+        return result
+
+    start = time.perf_counter()
+    with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
+        enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
+    timings["export_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - began
     summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
                "coverage": coverage, "sufficiency": enough}
@@ -353,9 +344,11 @@ def compare_and_report(
         comparison["note"] = note
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
     if accuracy_budget is not None:
+        started = time.perf_counter()
         sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
                                              Path(report).parent, sensitivity_images, budget_metric)
         comparison["sensitivity"] = sensitivity
+        comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
         if sensitivity["budget"]["models"]:
             models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
@@ -369,8 +362,12 @@ def compare_and_report(
     speed: list[dict] = []
     if batch_sizes:
         try:
+            started = time.perf_counter()
             speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes))
+            comparison["timings"]["bench_s"] = time.perf_counter() - started
+            started = time.perf_counter()
             comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+            comparison["timings"]["profile_s"] = time.perf_counter() - started
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
@@ -461,7 +458,9 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     ranges, _ = read_ranges(best.ranges)
     subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
     source = best.source or model
+    started = time.perf_counter()
     ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task)
+    ranked_s = time.perf_counter() - started
     fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
                                  budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric)
     return {
@@ -471,4 +470,5 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
         "ranking": ranking,
         "budget": {"budget": budget, "metric": fitted.metric, "met": fitted.met, "kept_float": fitted.kept_float,
                    "steps": fitted.steps, "models": fitted.models},
+        "seconds": {"ranking": ranked_s, "budget": time.perf_counter() - started - ranked_s},
     }

@@ -79,10 +79,16 @@ def nodes_kept_float(model: onnx.ModelProto, rules: tuple[PlacementRule, ...] = 
             if node.op_type in by_op and not by_op[node.op_type].applies(node, facts)]
 
 
+def quantized_nodes(model: onnx.ModelProto, rules: tuple[PlacementRule, ...] = RULES) -> set[str]:
+    """Names of the nodes whose inputs the rules quantize."""
+    kept_float = set(nodes_kept_float(model, rules))
+    ops = set(quantized_op_types(rules))
+    return {node.name for node in model.graph.node if node.op_type in ops and node.name not in kept_float}
+
+
 def quantized_inputs(model: onnx.ModelProto, rules: tuple[PlacementRule, ...] = RULES) -> set[str]:
     """The activations the rules give a Q/DQ pair: non-constant inputs of the nodes they quantize."""
-    kept_float = set(nodes_kept_float(model, rules))
+    quantized = quantized_nodes(model, rules)
     constants = set(constant_values(model))
-    ops = set(quantized_op_types(rules))
-    return {name for node in model.graph.node if node.op_type in ops and node.name not in kept_float
+    return {name for node in model.graph.node if node.name in quantized
             for name in node.input if name and name not in constants}

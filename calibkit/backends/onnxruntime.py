@@ -16,7 +16,8 @@ from calibkit.onnx_model import load_model, with_outputs
 class OrtSession:
     """An ``onnxruntime.InferenceSession`` that can also return intermediate tensors by name.
 
-    ``model`` is ``model_path`` already loaded, when the caller has it, so it is not read twice.
+    ``model`` is ``model_path`` already loaded (or a graph edited in memory, which ``model_path`` then
+    only names in messages), so it is not read twice.
     ``arena=False`` returns activation memory after every run instead of keeping each session's peak:
     for passes that hold several sessions at once (comparison), not for latency measurement.
     """
@@ -42,6 +43,8 @@ class OrtSession:
             original = model if model is not None else load_model(self.model_path)
             model_outputs = [out.name for out in original.graph.output]
             source: bytes | str = with_outputs(original, list(expose)).SerializeToString()
+        elif model is not None:
+            source = model.SerializeToString()
         else:
             source = str(self.model_path)
         try:

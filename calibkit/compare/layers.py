@@ -38,21 +38,29 @@ class LayerDrift:
     count: int = 0
     nonfinite: int = 0
 
-    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
-        """Fold one batch in; products run in float32 BLAS per batch and add up in float64."""
+    def update(self, reference: np.ndarray, candidate: np.ndarray,
+               reference_sums: tuple[float, float] | None = None) -> None:
+        """Fold one batch in; products run in float32 BLAS per batch and add up in float64.
+
+        ``reference_sums`` is :func:`reference_sums_of` ``reference``, for callers that score several
+        candidates against one reference tensor and compute it once."""
         ref = np.asarray(reference, dtype=np.float32).reshape(-1)
         cand = np.asarray(candidate, dtype=np.float32).reshape(-1)
-        finite = np.isfinite(cand)
-        if not finite.all():
+        energy = float(np.dot(cand, cand))
+        if not math.isfinite(energy):  # a NaN or inf reached the sums: count them, score the finite values
+            finite = np.isfinite(cand)
             self.nonfinite += int(cand.size - finite.sum())
             cand = np.where(finite, cand, 0.0).astype(np.float32)
+            energy = float(np.dot(cand, cand))
+        signal, ref_absmax = reference_sums if reference_sums is not None else reference_sums_of(ref)
         diff = cand - ref
-        self.signal += float(np.dot(ref, ref))
+        self.signal += signal
         self.noise += float(np.dot(diff, diff))
         self.dot += float(np.dot(ref, cand))
-        self.cand_energy += float(np.dot(cand, cand))
-        self.max_abs_error = max(self.max_abs_error, float(np.abs(diff).max(initial=0.0)))
-        self.ref_absmax = max(self.ref_absmax, float(np.abs(ref).max(initial=0.0)))
+        self.cand_energy += energy
+        if diff.size:
+            self.max_abs_error = max(self.max_abs_error, float(diff.max()), -float(diff.min()))
+        self.ref_absmax = max(self.ref_absmax, ref_absmax)
         self.count += ref.size
 
     @property
@@ -85,6 +93,15 @@ class LayerDrift:
         }
 
 
+def reference_sums_of(reference: np.ndarray) -> tuple[float, float]:
+    """Energy and largest |x| of a reference tensor: the parts of :meth:`LayerDrift.update` that do not
+    depend on the candidate."""
+    ref = np.asarray(reference, dtype=np.float32).reshape(-1)
+    if not ref.size:
+        return 0.0, 0.0
+    return float(np.dot(ref, ref)), max(float(ref.max()), -float(ref.min()), 0.0)
+
+
 def group_by_bytes(sizes: Mapping[str, int], budget: int) -> list[list[str]]:
     """Consecutive tensors packed into groups whose bytes per image stay within ``budget`` (a tensor
     larger than the budget gets a group of its own)."""
@@ -113,6 +130,52 @@ class LayerPlan:
             return 0
         per_image = sum(self.sizes.values())
         return min(requested, max(MIN_LAYER_IMAGES, traffic_bytes // max(per_image, 1)))
+
+
+class InlineLayerDrift:
+    """The per-layer pass folded into the comparison's own pass over the images, for models whose exposed
+    tensors fit one group: while images still count for drift, they run one at a time with every shared
+    tensor exposed, and their outputs serve the task metrics too, so no image is decoded or inferred twice.
+    (A graph with exposed tensors may fuse fewer kernels: its outputs can differ from a plain session's
+    at float rounding level.)"""
+
+    def __init__(self, reference: Path, drift_models: Mapping[str, Path], plan: LayerPlan, images: int) -> None:
+        self.tensors = list(plan.sizes)
+        self.images = self.images_left = images
+        self.exposed = {name: [t for t in names if t in plan.sizes] for name, names in plan.shared.items()}
+        self.reference = OrtSession(reference, ["CPUExecutionProvider"], expose=self.tensors, arena=False)
+        self.sessions = {name: OrtSession(path, ["CPUExecutionProvider"], expose=self.exposed[name], arena=False)
+                         for name, path in drift_models.items()}
+        self.drifts = {name: {t: LayerDrift(t) for t in names} for name, names in plan.shared.items()}
+
+    @staticmethod
+    def fits(plan: LayerPlan, budget_bytes: int = LAYER_GROUP_BYTES) -> bool:
+        """True when one image's exposed tensors, over every model, stay within the memory budget."""
+        return bool(plan.sizes) and sum(plan.sizes.values()) <= budget_bytes
+
+    def run(self, array: np.ndarray) -> tuple[int, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        """Fold the batch's first images still counted into the drift, one image at a time; return how many
+        it took and the model outputs of the reference and of each candidate for those images."""
+        keep = min(self.images_left, len(array))
+        ref_parts, cand_parts = [], {name: [] for name in self.sessions}
+        for image in (array[i : i + 1] for i in range(keep)):
+            exposed = self.reference.run(image, list(dict.fromkeys(self.reference.model_outputs + self.tensors)))
+            sums = {t: reference_sums_of(exposed[t]) for t in self.tensors}
+            ref_parts.append({out: exposed[out] for out in self.reference.model_outputs})
+            for name, session in self.sessions.items():
+                values = session.run(image, list(dict.fromkeys(session.model_outputs + self.exposed[name])))
+                for tensor in self.exposed[name]:
+                    self.drifts[name][tensor].update(exposed[tensor], values[tensor], sums[tensor])
+                cand_parts[name].append({out: values[out] for out in session.model_outputs})
+        self.images_left -= keep
+        return keep, _stacked(ref_parts), {name: _stacked(parts) for name, parts in cand_parts.items()}
+
+    def result(self) -> dict[str, list[LayerDrift]]:
+        return {name: list(d.values()) for name, d in self.drifts.items()}
+
+
+def _stacked(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
 
 def plan_layers(reference: Path, drift_models: Mapping[str, Path], preprocess: Preprocess) -> LayerPlan:
@@ -163,9 +226,10 @@ def layer_drift(
                     for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)
+            sums = {tensor: reference_sums_of(value) for tensor, value in ref_out.items()}
             for name, session in sessions.items():
                 for tensor, value in session.run(batch.array, exposed[name]).items():
-                    drifts[name][tensor].update(ref_out[tensor], value)
+                    drifts[name][tensor].update(ref_out[tensor], value, sums[tensor])
             bar.update(1)
     bar.close()
     return {name: list(d.values()) for name, d in drifts.items()}

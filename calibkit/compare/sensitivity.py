@@ -1,10 +1,11 @@
 """Which layers cost the accuracy, and the fewest to keep in float to meet an accuracy budget.
 
-Sensitivity is leave-one-out: the model is quantized with every quantizable node but one, and the
-node's score is how much that lowers the output drift (the task's smooth distance: mean KL of softmax
-for classifiers, relative output noise otherwise) on a subset of images. The budget search then keeps
-the most sensitive nodes in float, one more at a time, until the task's loss (top-1 drop or agreement
-loss, 1 - F1, CER, ...) is within the budget on all images.
+Sensitivity is leave-one-out: the model is quantized with every quantizable node but one (the
+quantized graph rewired in memory, :mod:`calibkit.artifacts.qdq_edit`), and the node's score is how much
+that lowers the output drift (the task's smooth distance: mean KL of softmax for classifiers, relative
+output noise otherwise) on a subset of images. The budget search then keeps the most sensitive nodes in
+float, one more at a time, until the task's loss (top-1 drop or agreement loss, 1 - F1, CER, ...) is
+within the budget on all images.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import onnx
 
+from calibkit.artifacts.placement import quantized_nodes
 from calibkit.artifacts.qdq import export_qdq
+from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.data.loader import Batch
@@ -33,9 +37,9 @@ class ImageCache:
 
     batches: list[Batch]
 
-    def outputs(self, model: Path) -> list[dict[str, np.ndarray]]:
-        """The model's outputs per cached batch."""
-        session = OrtSession(model, ["CPUExecutionProvider"])
+    def outputs(self, model: Path, graph: onnx.ModelProto | None = None) -> list[dict[str, np.ndarray]]:
+        """The model's outputs per cached batch (``graph``: the model held in memory, named ``model``)."""
+        session = OrtSession(model, ["CPUExecutionProvider"], model=graph)
         return [session.run(batch.array) for batch in self.batches]
 
 
@@ -64,13 +68,21 @@ def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: Ima
     """Leave-one-out ranking, most sensitive first: ``{node, drift, drift_gain}`` per node."""
     nodes = list(nodes) if nodes is not None else quantizable_nodes(model)
     reference = joined(cache.outputs(model))
+    float_model = normalized_model(model).model
+    quantized_names = quantized_nodes(float_model)
     with tempfile.TemporaryDirectory(prefix="calibkit-sens-") as tmp:
         path = Path(tmp) / "q.onnx"
-        base = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path))))
+        quantized = onnx.load(str(export_qdq(model, ranges, path)))
+        base = task.drift(reference, joined(cache.outputs(path, quantized)))
         rows = []
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
             for node in nodes:
-                drift = task.drift(reference, joined(cache.outputs(export_qdq(model, ranges, path, [node]))))
+                variant = with_node_in_float(quantized, float_model, node, quantized_names)
+                if variant is None:
+                    outputs = cache.outputs(export_qdq(model, ranges, path, [node]))
+                else:
+                    outputs = cache.outputs(path, variant)
+                drift = task.drift(reference, joined(outputs))
                 rows.append({"node": node, "drift": drift, "drift_gain": base - drift})
                 bar.update(1)
     return sorted(rows, key=lambda r: r["drift_gain"], reverse=True)

@@ -24,3 +24,13 @@ def test_identical_tensors_have_infinite_sqnr():
     drift = LayerDrift("t")
     drift.update(np.ones(4, np.float32), np.ones(4, np.float32))
     assert drift.sqnr_db == math.inf and drift.cosine == pytest.approx(1.0)
+
+
+def test_non_finite_candidate_values_are_counted_and_the_rest_scored():
+    ref = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    cand = np.array([1.0, np.nan, 3.5, np.inf], np.float32)
+    drift = LayerDrift("t")
+    drift.update(ref, cand)
+    assert drift.nonfinite == 2
+    assert drift.noise == pytest.approx(2.0**2 + 0.5**2 + 4.0**2)
+    assert drift.max_abs_error == pytest.approx(4.0)
