@@ -324,6 +324,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = [row for backend in backends for row in bench_models(models, shape, sizes, backend)]
     print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup",
                               "speedup_low", "speedup_high", "noisy"]))
+    from calibkit.bench.speed import NOISY_SPREAD
+    from calibkit.report.provenance import environment
+
+    machine = environment()
+    print(f"timed on {machine['CPU']}; {machine['threads']}; speedup = median round ratio (lowest-highest round), "
+          f"noisy where rounds differ by more than {NOISY_SPREAD - 1:.0%}", file=sys.stderr)
     if args.json:
         from calibkit.fileio import write_text_atomic
 
