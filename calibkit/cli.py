@@ -277,7 +277,8 @@ def _run_calibration(args: argparse.Namespace):
         args.model, args.images, args.out, methods=args.method, samples=args.samples, sampler=args.sampler,
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
-        equalize_depthwise=not args.no_equalize,
+        equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
+        bias_correction=not args.no_bias_correction,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -293,15 +294,15 @@ def _run_calibration(args: argparse.Namespace):
 def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.qdq import export_qdq
     from calibkit.artifacts.ranges_json import read_ranges
-    from calibkit.workflow import check_made_from, run_graph
-
     from calibkit.fileio import ensure_writable_file
+    from calibkit.workflow import check_made_from, run_graph, run_weights
 
     ensure_writable_file(args.out)
     ranges, document = read_ranges(args.ranges)
     check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
     graph = run_graph(args.model, Path(args.ranges).parent)
-    path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target)
+    weights = None if args.nearest_weights else run_weights(Path(args.ranges).parent)
+    path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target, weights=weights)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -353,7 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.resize = args.channel_order = args.pad_value = args.postprocess = None
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
-    args.no_equalize = False
+    args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
     args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True
@@ -418,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
     p.add_argument("--no-equalize", action="store_true",
                    help="calibrate the graph as exported, without equalising uneven depthwise-conv inputs")
+    p.add_argument("--weight-rounding", default="gptq",
+                   help="how INT8 weights are rounded: gptq (minimises each layer's output error on the "
+                        "calibration images) or nearest")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="keep the float biases as exported instead of removing the mean shift weight rounding adds")
     _add_task(p)
     _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)
@@ -428,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
     p.add_argument("--target", choices=["tensorrt", "onnxruntime"], default="tensorrt")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    p.add_argument("--nearest-weights", action="store_true",
+                   help="round weights to nearest and keep the exported biases, ignoring the run's weights.npz")
     p.set_defaults(func=cmd_quantize)
 
     p = command("bench", "latency and throughput of FP32, INT8 and FP16 models (random inputs of the model's shape)")

@@ -28,9 +28,11 @@ from onnx import helper, numpy_helper
 # carry more later, and 1/128 keeps it within the tensor's INT8 grid.
 MIN_SCALE = 1.0 / 128
 
-# Equalise when the largest channel maximum exceeds the median one by this factor; ReLU6-bounded
-# inputs (EfficientNet-Lite, MobileNetV2) stay well below it and are left as exported.
-UNEVEN_RATIO = 4.0
+# Equalise when the largest channel maximum exceeds the median one by this factor, i.e. when the median
+# channel gains at least one bit. ReLU6-bounded inputs (EfficientNet-Lite, MobileNetV2) stay below it
+# and are left as exported. Measured against 4x: PP-PicoDet equalises 37 convolutions instead of 24 (the
+# extra ones at 2.3-3.9x) and box F1 against FP32 goes from 0.931 to 0.940 (mse, 105 held-out pages).
+UNEVEN_RATIO = 2.0
 
 SUFFIX = "_equalized"
 

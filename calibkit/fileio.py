@@ -7,7 +7,10 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+import zipfile
+from typing import Iterator, Mapping
+
+import numpy as np
 
 from calibkit.errors import CalibkitError
 
@@ -76,4 +79,17 @@ def write_text_atomic(final: Path, text: str) -> Path:
     """Write ``text`` to ``final`` atomically (UTF-8, ``\\n`` line endings)."""
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="\n")
+    return Path(final)
+
+
+def write_npz_atomic(final: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as a compressed ``.npz`` that ``numpy.load`` reads, atomically and byte for byte the
+    same for the same arrays: ``numpy.savez_compressed`` stamps each member with the current time."""
+    with atomic_path(final) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in arrays.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                member.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(member, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
     return Path(final)

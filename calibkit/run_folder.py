@@ -12,7 +12,7 @@ from calibkit.errors import CalibkitError
 SUMMARY = "summary.json"
 
 # Files a run writes once, whatever its methods.
-RUN_FILES = (SUMMARY, "stats.npz", "images.txt", "model.calibrated.onnx", "model.fp16.onnx", "report.html",
+RUN_FILES = (SUMMARY, "stats.npz", "images.txt", "weights.npz", "model.calibrated.onnx", "model.fp16.onnx", "report.html",
              "report.json")
 
 # Files a run writes per calibrator label, found from the label's TensorRT cache.

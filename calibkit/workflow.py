@@ -18,12 +18,13 @@ import onnx
 
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.method_files import MethodFiles, export_targets, qdq_paths, write_all
-from calibkit.artifacts.placement import quantized_inputs
+from calibkit.artifacts.placement import quantized_inputs, quantized_nodes
 from calibkit.artifacts.qdq import resolve_exclusions
 from calibkit.artifacts.ranges_json import read_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, get_calibrator, parse_methods,
                                      warn_clipping)
+from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
@@ -41,6 +42,7 @@ from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.channels import channel_absmax
 from calibkit.stats.collect import STATS_BATCH_SIZE, CollectedStats, collect_statistics
+from calibkit.stats.moments import MOMENT_IMAGES, MomentCollector, weighted_layers
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 
 
@@ -61,6 +63,9 @@ class CalibrationRun:
 
 # The FP32 graph a run calibrated, when it differs from the user's (depthwise inputs equalised).
 CALIBRATED_GRAPH = "model.calibrated.onnx"
+
+# A run's INT8 weight levels and corrected biases (:mod:`calibkit.calib.weights`), shared by its calibrators.
+RUN_WEIGHTS = "weights.npz"
 
 # Calibration images (evenly spread over the chosen set) that measure per-channel maxima for equalisation.
 EQUALIZATION_IMAGES = 32
@@ -110,11 +115,12 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
         raise CalibkitError(f"{run_dir}: no ranges for {', '.join(missing)}; available: {', '.join(found)}")
     candidates = []
     source = run_graph(model, run_dir)
+    weights = run_weights(run_dir)
     for label in chosen:
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
             ranges, _ = read_ranges(run_dir / f"{label}.json")
-            paths = export_targets(source, out, label, ranges, exclude)
+            paths = export_targets(source, out, label, ranges, exclude, weights)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
                                     paths["onnxruntime"], label, run_dir / f"{label}.json", source))
     return candidates
@@ -167,6 +173,12 @@ def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, c
     return out / CALIBRATED_GRAPH, done.summary()
 
 
+def run_weights(run_dir: Path) -> RefinedWeights | None:
+    """The run's rounded weights and corrected biases, where it kept them."""
+    kept = Path(run_dir) / RUN_WEIGHTS
+    return RefinedWeights.load(kept) if kept.is_file() else None
+
+
 def run_graph(model: Path, run_dir: Path) -> Path:
     """The FP32 graph a run calibrated: its ``model.calibrated.onnx`` when it kept one, else ``model``."""
     kept = Path(run_dir) / CALIBRATED_GRAPH
@@ -190,6 +202,8 @@ def calibrate(
     shard_size: int | None = 50,
     report_coverage: bool = True,
     equalize_depthwise: bool = True,
+    weight_rounding: str = "gptq",
+    bias_correction: bool = True,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
@@ -198,10 +212,13 @@ def calibrate(
     ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZE``). With
     ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
+    ``weight_rounding`` and ``bias_correction`` choose the INT8 weights every Q/DQ model of the run ships
+    (:mod:`calibkit.calib.weights`), kept as ``weights.npz``.
     """
     began = time.perf_counter()
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
+    check_rounding(weight_rounding)
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
@@ -228,22 +245,31 @@ def calibrate(
         start = time.perf_counter()
         source, equalized = equalized_graph(model, original, graph, chosen, spec, out, skip_bad)
         timings["equalization_s"] = time.perf_counter() - start
+    calibrated = normalized_model(source).model
+    layers = weighted_layers(calibrated, quantized_nodes(calibrated))
+    moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
+               if weight_rounding != "nearest" or bias_correction else None)
     stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
-                               shard_size=shard_size)
+                               shard_size=shard_size, moments=moments)
+    timings["statistics_s"] = stats.seconds
+    start = time.perf_counter()
+    weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
+    weights.save(out / RUN_WEIGHTS)
+    timings["weights_s"] = time.perf_counter() - start
     stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
                              "sampler": sampler, "seed": seed, "pool_size": len(pool),
-                             "graph normalisation": graph.summary(), "depthwise equalisation": equalized})
-    timings["statistics_s"] = stats.seconds
+                             "graph normalisation": graph.summary(), "depthwise equalisation": equalized,
+                             "weights": weights.summary()})
     stats.save(out / "stats.npz")
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
     ranges = {}
-    quantized = quantized_inputs(normalized_model(source).model)
+    quantized = quantized_inputs(calibrated)
     start = time.perf_counter()
     for label, calibrator in calibrators.items():
         ranges[label] = compute_ranges(stats.tensors, calibrator)
         warn_clipping(label, ranges[label], quantized)
     timings["ranges_s"] = time.perf_counter() - start
-    jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude))
+    jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)
             for label, calibrator in calibrators.items()]
 
     def check_sufficiency() -> dict | None:
@@ -458,11 +484,12 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     ranges, _ = read_ranges(best.ranges)
     subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
     source = best.source or model
+    weights = run_weights(best.ranges.parent)
     started = time.perf_counter()
-    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task)
+    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task, weights=weights)
     ranked_s = time.perf_counter() - started
     fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
-                                 budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric)
+                                 budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric, weights=weights)
     return {
         "name": f"int8 {best.calibrator} mixed",
         "calibrator": best.calibrator,

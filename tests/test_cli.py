@@ -109,6 +109,13 @@ def test_unknown_method_lists_choices(small_model, image_folder, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_weight_rounding_is_refused_before_any_image_is_read(small_model, image_folder, tmp_path):
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder),
+                     "--out", str(tmp_path / "run"), "--weight-rounding", "adaround")
+    assert_one_line_error(result, "unknown weight rounding 'adaround'", "gptq, nearest")
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
 def test_calibrate_writes_every_artefact_and_identical_bytes_twice(small_model, image_folder, tmp_path, capsys):
     argv = ["calibrate", "--model", str(small_model), "--images", str(image_folder), "--method", "all",
             "--samples", "8", "--seed", "3", "--batch-size", "3"]
@@ -118,8 +125,9 @@ def test_calibrate_writes_every_artefact_and_identical_bytes_twice(small_model, 
     for label in ("entropy2", "minmax", "mse", "percentile-99.99"):
         for suffix in (".cache", ".json", ".qdq.onnx", ".ort.onnx"):
             assert f"{label}{suffix}" in names
+    assert {"stats.npz", "weights.npz", "images.txt"} <= set(names)
     for name in names:
-        if name.endswith((".cache", ".json", ".txt")) and name != "summary.json":
+        if name != "summary.json":
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert len((tmp_path / "a" / "images.txt").read_text().splitlines()) == 8
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -136,6 +144,10 @@ def test_quantize_and_compare_gate(small_model, image_folder, tmp_path, capsys):
     assert main(["quantize", "--model", str(small_model), "--ranges", str(run / "minmax.json"),
                  "--out", str(out), "--exclude", "fc"]) == 0
     assert out.is_file()
+    plain = tmp_path / "plain.onnx"
+    assert main(["quantize", "--model", str(small_model), "--ranges", str(run / "minmax.json"),
+                 "--out", str(plain), "--exclude", "fc", "--nearest-weights"]) == 0
+    assert plain.read_bytes() != out.read_bytes()  # the run's weights.npz: GPTQ levels, corrected biases
     common = ["compare", "--model", str(small_model), "--images", str(image_folder),
               "--candidates", f"int8:{run},fp16", "--out", str(tmp_path / "cmp"), "--no-bench"]
     assert main(common) == 0

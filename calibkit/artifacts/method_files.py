@@ -20,6 +20,7 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.ranges_json import write_ranges
 from calibkit.artifacts.trt_cache import write_cache
 from calibkit.calib.registry import Calibrator, TensorRange
+from calibkit.calib.weights import RefinedWeights
 
 T = TypeVar("T")
 
@@ -30,11 +31,11 @@ def qdq_paths(out: Path, label: str) -> dict[str, Path]:
 
 
 def export_targets(model: Path, out: Path, label: str, ranges: Mapping[str, TensorRange],
-                   exclude: Sequence[str] = ()) -> dict[str, Path]:
-    """Both Q/DQ targets of one calibrator, written into ``out``."""
+                   exclude: Sequence[str] = (), weights: RefinedWeights | None = None) -> dict[str, Path]:
+    """Both Q/DQ targets of one calibrator, written into ``out``, with the run's ``weights``."""
     paths = qdq_paths(out, label)
     for target, path in paths.items():
-        export_qdq(model, ranges, path, exclude=exclude, target=target)
+        export_qdq(model, ranges, path, exclude=exclude, target=target, weights=weights)
     return paths
 
 
@@ -49,13 +50,14 @@ class MethodFiles:
     provenance: Mapping
     trt_version: int
     exclude: Sequence[str] = ()
+    weights: RefinedWeights | None = None
 
     def write(self) -> str:
         label = self.calibrator.label
         scales = {name: r.scale for name, r in self.ranges.items()}
         write_cache(self.out / f"{label}.cache", scales, self.calibrator.info.trt_algorithm, self.trt_version)
         write_ranges(self.out / f"{label}.json", self.ranges, self.calibrator, self.provenance)
-        export_targets(self.model, self.out, label, self.ranges, self.exclude)
+        export_targets(self.model, self.out, label, self.ranges, self.exclude, self.weights)
         return label
 
 

@@ -25,7 +25,9 @@ import onnx
 
 from calibkit.artifacts.placement import nodes_kept_float, quantized_op_types
 from calibkit.artifacts.qdq_placement import fold_activation_qdq
+from calibkit.artifacts.weight_levels import write_weight_levels
 from calibkit.calib.registry import TensorRange
+from calibkit.calib.weights import RefinedWeights
 from calibkit.errors import CalibkitError
 from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
@@ -66,10 +68,12 @@ def export_qdq(
     exclude: Iterable[str] = (),
     target: str = "tensorrt",
     keep_activations: bool = False,
+    weights: RefinedWeights | None = None,
 ) -> Path:
     """Write a Q/DQ model of ``model_path``'s normalised graph (:mod:`calibkit.normalize`, whose tensor
     names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes
-    :func:`~calibkit.artifacts.verify.verify_model`."""
+    :func:`~calibkit.artifacts.verify.verify_model`. ``weights`` (the run's rounded weights and corrected
+    biases, :mod:`calibkit.calib.weights`) replace the quantizer's round-to-nearest ones."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -108,6 +112,8 @@ def export_qdq(
         logging.getLogger().setLevel(previous)
     quantizer.model.topological_sort()
     quantized = quantizer.model.model
+    if weights is not None:
+        write_weight_levels(quantized, weights)
     fold_activation_qdq(quantized, target)
     verify_model(quantized, Path(out))
     with atomic_path(Path(out)) as tmp:

@@ -4,7 +4,9 @@ Leave-one-out sensitivity needs the quantized model once per layer with that lay
 and writing the whole model per layer costs more than the inference it measures; editing the quantized
 graph gives the graph that quantizing with the node excluded writes (TensorRT target):
 
-* the node's weights and bias are the float initializers again;
+* the node's weights and bias are the float initializers again, and so is the bias of an Add that reads
+  its output (a MatMul's), where the run corrected it for rounded weights
+  (:mod:`calibkit.artifacts.weight_levels`);
 * an activation input keeps its Q/DQ pair while another quantized node reads the same tensor (then
   every reader, the excluded node too, reads the dequantized values); otherwise the pair goes and
   every reader reads the float tensor.
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import AbstractSet
 
 import onnx
+
+from calibkit.artifacts.weight_levels import CORRECTED
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -56,6 +60,11 @@ def with_node_in_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto,
         for index, name in enumerate(node.input):
             if name in rewire:
                 node.input[index] = rewire[name]
+            elif node.op_type == "Add" and set(node.input) & set(target.output) and name.endswith(CORRECTED) \
+                    and name[: -len(CORRECTED)] in float_inits:
+                node.input[index] = name[: -len(CORRECTED)]
+                if node.input[index] not in have:
+                    graph.initializer.append(float_inits[node.input[index]])
     _drop_unread_qdq(graph)
     return edited
 

@@ -23,6 +23,7 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
+from calibkit.calib.weights import RefinedWeights
 from calibkit.data.loader import Batch
 from calibkit.normalize import normalized_model
 from calibkit.progress import progress
@@ -64,22 +65,23 @@ def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> l
 
 
 def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
-                      nodes: Sequence[str] | None = None) -> list[dict]:
-    """Leave-one-out ranking, most sensitive first: ``{node, drift, drift_gain}`` per node."""
+                      nodes: Sequence[str] | None = None, weights: RefinedWeights | None = None) -> list[dict]:
+    """Leave-one-out ranking, most sensitive first: ``{node, drift, drift_gain}`` per node, with the run's
+    ``weights`` in every quantized layer."""
     nodes = list(nodes) if nodes is not None else quantizable_nodes(model)
     reference = joined(cache.outputs(model))
     float_model = normalized_model(model).model
     quantized_names = quantized_nodes(float_model)
     with tempfile.TemporaryDirectory(prefix="calibkit-sens-") as tmp:
         path = Path(tmp) / "q.onnx"
-        quantized = onnx.load(str(export_qdq(model, ranges, path)))
+        quantized = onnx.load(str(export_qdq(model, ranges, path, weights=weights)))
         base = task.drift(reference, joined(cache.outputs(path, quantized)))
         rows = []
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
             for node in nodes:
                 variant = with_node_in_float(quantized, float_model, node, quantized_names)
                 if variant is None:
-                    outputs = cache.outputs(export_qdq(model, ranges, path, [node]))
+                    outputs = cache.outputs(export_qdq(model, ranges, path, [node], weights=weights))
                 else:
                     outputs = cache.outputs(path, variant)
                 drift = task.drift(reference, joined(outputs))
@@ -102,7 +104,7 @@ class BudgetResult:
 
 def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
                         ranking: Sequence[str], budget: float, out_prefix: Path, max_float: int = 16,
-                        metric: str = "auto") -> BudgetResult:
+                        metric: str = "auto", weights: RefinedWeights | None = None) -> BudgetResult:
     """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``.
 
     ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). Writes
@@ -117,7 +119,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
         with progress(steps, "accuracy budget (layers in float)", unit="step") as bar:
             for k in range(steps):
                 excluded = list(ranking[:k])
-                outputs = cache.outputs(export_qdq(model, ranges, path, excluded))
+                outputs = cache.outputs(export_qdq(model, ranges, path, excluded, weights=weights))
                 lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
                 result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
                 bar.update(1)
@@ -129,6 +131,6 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
     if not result.kept_float:
         return result  # the budget holds fully quantized: the plain INT8 models are the answer
     for target, suffix in (("tensorrt", ".qdq.onnx"), ("onnxruntime", ".ort.onnx")):
-        written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), result.kept_float, target)
+        written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), result.kept_float, target, weights=weights)
         result.models[target] = str(written)
     return result

@@ -17,12 +17,13 @@ from calibkit.data.images import ImageItem, image_list_hash
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
-from calibkit.fileio import atomic_path
+from calibkit.fileio import write_npz_atomic
 from calibkit.normalize import normalized_model
 from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
-from calibkit.stats.clamps import derivable_clamps, with_clamps
+from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
+from calibkit.stats.moments import MomentCollector
 
 # Images per inference in the statistics pass: single images measured fastest (see below).
 STATS_BATCH_SIZE = 1
@@ -54,10 +55,7 @@ class CollectedStats:
         meta = {"format": STATS_FORMAT, "names": list(self.tensors), "provenance": self.provenance,
                 "images": self.images}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with atomic_path(Path(path)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-        return Path(path)
+        return write_npz_atomic(Path(path), arrays)
 
     @classmethod
     def load(cls, path: Path) -> "CollectedStats":
@@ -85,6 +83,7 @@ def collect_statistics(
     skip_bad: bool = False,
     threads: int = 1,
     shard_size: int | None = None,
+    moments: MomentCollector | None = None,
 ) -> CollectedStats:
     """Run the model's normalised graph (:mod:`calibkit.normalize`) once over ``items`` and return
     streaming statistics of ``tensors``.
@@ -96,12 +95,14 @@ def collect_statistics(
     Outputs of Relu/Clip nodes are not run through histograms: their statistics follow from their
     inputs' (see :mod:`calibkit.stats.clamps`).
     ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
-    the histogram updates rather than on every core.
+    the histogram updates rather than on every core. ``moments``, if given, is fed the inputs of its
+    weighted layers from the same inferences (:mod:`calibkit.stats.moments`).
     """
     model = normalized_model(Path(model_path)).model
     names = list(tensors) if tensors is not None else float_activations(model)
     clamps = derivable_clamps(model, names)
     derived = {clamp.output for clamp in clamps}
+    by_output = {clamp.output: clamp for clamp in clamps}
     measured = [name for name in names if name not in derived]
     session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=measured, threads=threads, model=model)
     shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in measured}]
@@ -116,6 +117,8 @@ def collect_statistics(
             shard_images.append(0)
         for name in measured:
             shards[-1][name].update(outputs[name])
+        if moments is not None and not moments.done:
+            moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
         shard_images[-1] += len(batch_items)
         seen.extend(batch_items)
         bar.update(len(batch_items))
@@ -156,6 +159,14 @@ def collect_statistics(
     }
     return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start,
                           shards if shard_size else [], shard_images if shard_size else [])
+
+
+def _tensor(name: str, outputs: dict[str, np.ndarray], clamps: dict[str, Clamp]) -> np.ndarray:
+    """A tensor of the batch: exposed by ONNX Runtime, or a clamp of one that is (not exposed, see above)."""
+    if name in outputs:
+        return outputs[name]
+    clamp = clamps[name]
+    return np.clip(_tensor(clamp.source, outputs, clamps), clamp.low, clamp.high)
 
 
 def merge_shards(shards: Sequence[dict[str, TensorStats]]) -> dict[str, TensorStats]:
