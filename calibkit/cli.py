@@ -245,7 +245,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     result = compare_and_report(
         args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
-        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric,
+        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend,
     )
     _summarise(result, report)
     return _gate(result)
@@ -278,7 +278,7 @@ def _run_calibration(args: argparse.Namespace):
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
         equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
-        bias_correction=not args.no_bias_correction,
+        bias_correction=not args.no_bias_correction, backend=args.backend,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -355,6 +355,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
+    args.backend = "ort-cpu"
     args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="then compare FP32 vs INT8 (every method) and FP16")
     p.add_argument("--no-equalize", action="store_true",
                    help="calibrate the graph as exported, without equalising uneven depthwise-conv inputs")
+    p.add_argument("--backend", default="ort-cpu",
+                   help="where the statistics pass (and --compare) runs: ort-cpu, or ort-cuda (GPU: activations are "
+                        "binned in device memory; needs the gpu extra)")
     p.add_argument("--weight-rounding", default="gptq",
                    help="how INT8 weights are rounded: gptq (minimises each layer's output error on the "
                         "calibration images) or nearest")
@@ -454,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_images(p)
     p.add_argument("--candidates", required=True, help="comma list: int8:RUN_DIR[:method+method], fp16")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
+    p.add_argument("--backend", default="ort-cpu",
+                   help="where every model runs and is timed: ort-cpu or ort-cuda (per-layer drift stays on the CPU)")
     _add_task(p)
     _add_compare_options(p, out_default=Path("reports/compare"))
     p.set_defaults(func=cmd_compare)

@@ -22,6 +22,7 @@ from calibkit.artifacts.placement import quantized_inputs, quantized_nodes
 from calibkit.artifacts.qdq import resolve_exclusions
 from calibkit.artifacts.ranges_json import read_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
+from calibkit.backends import require
 from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, get_calibrator, parse_methods,
                                      warn_clipping)
 from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
@@ -41,7 +42,7 @@ from calibkit.samplers.embedding import readable_embeddings, thumbnail_embedding
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.channels import channel_absmax
-from calibkit.stats.collect import STATS_BATCH_SIZE, CollectedStats, collect_statistics
+from calibkit.stats.collect import STATS_BATCH_SIZES, CollectedStats, collect_statistics
 from calibkit.stats.moments import MOMENT_IMAGES, MomentCollector, weighted_layers
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 
@@ -204,21 +205,24 @@ def calibrate(
     equalize_depthwise: bool = True,
     weight_rounding: str = "gptq",
     bias_correction: bool = True,
+    backend: str = "ort-cpu",
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
-    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZE``). With
+    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZES``). With
     ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     ``weight_rounding`` and ``bias_correction`` choose the INT8 weights every Q/DQ model of the run ships
-    (:mod:`calibkit.calib.weights`), kept as ``weights.npz``.
+    (:mod:`calibkit.calib.weights`), kept as ``weights.npz``. ``backend="ort-cuda"`` runs the statistics
+    pass on the GPU (:mod:`calibkit.stats.device`).
     """
     began = time.perf_counter()
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     check_rounding(weight_rounding)
+    require(backend, list(STATS_BATCH_SIZES))
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
@@ -249,8 +253,8 @@ def calibrate(
     layers = weighted_layers(calibrated, quantized_nodes(calibrated))
     moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
                if weight_rounding != "nearest" or bias_correction else None)
-    stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZE, skip_bad=skip_bad,
-                               shard_size=shard_size, moments=moments)
+    stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZES[backend],
+                               skip_bad=skip_bad, shard_size=shard_size, moments=moments, backend=backend)
     timings["statistics_s"] = stats.seconds
     start = time.perf_counter()
     weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
@@ -351,18 +355,21 @@ def compare_and_report(
     accuracy_budget: float | None = None,
     sensitivity_images: int = 100,
     budget_metric: str = "auto",
+    backend: str = "ort-cpu",
 ) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
-    failed benchmark never discards a finished comparison. Returns the JSON document."""
+    failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
+    Returns the JSON document."""
     from calibkit.compare.run import compare_models
     from calibkit.compare.verdict import judge, rules_for
     from calibkit.report.html import write_report
 
+    require(backend, ["ort-cpu", "ort-cuda"])
     unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
     if accuracy_budget is not None:
         task.check_budget_metric(budget_metric)
-    comparison = compare_models(model, candidates, items, preprocess, task, batch_size, skip_bad)
+    comparison = compare_models(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
     comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
     for c in comparison["candidates"]:
         c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
@@ -389,10 +396,13 @@ def compare_and_report(
     if batch_sizes:
         try:
             started = time.perf_counter()
-            speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes))
+            speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
             comparison["timings"]["bench_s"] = time.perf_counter() - started
             started = time.perf_counter()
-            comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+            if backend == "ort-cpu":
+                comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+            else:
+                comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
             comparison["timings"]["profile_s"] = time.perf_counter() - started
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)
@@ -428,6 +438,15 @@ def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -
     from calibkit.bench.profile import profile_ops, summarize
 
     return {name: summarize(profile_ops(path, shape)) for name, precision, path in models if precision == "int8"}
+
+
+def provider_placement(models: Sequence[tuple[str, str, Path]], shape: Sequence[int], backend: str) -> dict[str, dict]:
+    """Per model, the nodes ONNX Runtime left on the CPU on a GPU ``backend`` (:func:`cpu_fallbacks`)."""
+    from calibkit.backends.onnxruntime import CUDA_OPTIONS
+    from calibkit.bench.profile import cpu_fallbacks
+
+    providers = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
+    return {name: cpu_fallbacks(path, shape, providers) for name, _, path in models}
 
 
 def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candidate],

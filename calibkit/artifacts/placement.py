@@ -56,9 +56,11 @@ RULES: tuple[PlacementRule, ...] = (
                   "weighted ops run as INT8 kernels: activation input per tensor, weights per output channel; "
                   "a MatMul of two activations (attention's Q.K^T and P.V) quantizes both"),
     PlacementRule(("Add",), residual_of_convolution,
-                  "a residual Add fed by a convolution is fused into it when both branches are INT8; an Add of a "
-                  "constant (bias, epsilon, HardSwish's +3, position embedding) is pointwise work fused in float, "
-                  "and a transformer's residual stream stays float for the LayerNorm that reads it"),
+                  "a residual Add fed by a convolution runs in INT8: TensorRT fuses it into that convolution, which "
+                  "reads the residual input in INT8 (the TensorRT target keeps only that input's pair, see "
+                  "qdq_placement); an Add of a constant (bias, epsilon, HardSwish's +3, position embedding) is "
+                  "pointwise work fused in float, and a transformer's residual stream stays float for the "
+                  "LayerNorm that reads it"),
     PlacementRule(("GlobalAveragePool", "AveragePool", "MaxPool"), always,
                   "pooling runs in INT8 on an INT8 input"),
     PlacementRule(("Concat",), only_activation_inputs,

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from calibkit.artifacts.placement import nodes_kept_float, quantized_op_types
-from calibkit.artifacts.qdq_placement import fold_activation_qdq
+from calibkit.artifacts.qdq_placement import fold_activation_qdq, fuse_residual_adds
 from calibkit.artifacts.weight_levels import write_weight_levels
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
@@ -115,6 +115,8 @@ def export_qdq(
     if weights is not None:
         write_weight_levels(quantized, weights)
     fold_activation_qdq(quantized, target)
+    if target == "tensorrt":
+        fuse_residual_adds(quantized)
     verify_model(quantized, Path(out))
     with atomic_path(Path(out)) as tmp:
         onnx.save(quantized, str(tmp))

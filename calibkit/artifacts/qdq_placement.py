@@ -12,6 +12,12 @@ rounding step TensorRT would honour. So for every ``X -> Q(a) -> DQ(a) -> Clip|R
   the same grid of values 0..127 x b that TensorRT's symmetric INT8 holds there, and the storage
   ONNX Runtime needs to fuse on x86. Every other activation is stored as UINT8 with zero point
   128 (again the same values). Both targets give the numbers of TensorRT's Conv+Clip fusion.
+
+A residual ``Add`` that reads a convolution's output (directly or through its Relu/Clip) is fused by
+TensorRT into that convolution's kernel: the kernel adds the other, residual input, read in INT8, to its
+own float accumulator. NVIDIA Model Optimizer's ONNX PTQ partitions the graph the same way. So on the
+``tensorrt`` target the pair on that input is dropped (:func:`fuse_residual_adds`) and only the residual
+input keeps one. The ``onnxruntime`` target keeps both: ONNX Runtime needs them to run ``QLinearAdd``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from onnx import numpy_helper
 from calibkit.onnx_model import clamp_bounds
 
 ACTIVATIONS = ("Clip", "Relu")
+
+# Ops whose output a convolution's kernel produces itself (its epilogue), so an Add reading it can join.
+CONVOLUTIONS = ("Conv", "ConvTranspose")
 
 
 def _index(graph: onnx.GraphProto):
@@ -71,6 +80,44 @@ def fold_activation_qdq(model: onnx.ModelProto, target: str) -> int:
     if target == "onnxruntime":
         _unsigned_activations(graph)
     return rewritten
+
+
+def fuse_residual_adds(model: onnx.ModelProto) -> int:
+    """TensorRT target: drop the Q/DQ pair between a convolution (or its activation) and the residual
+    ``Add`` that alone reads it, one input per Add (see the module docstring); return how many."""
+    graph = model.graph
+    producer, consumers = _index(graph)
+    outputs = {out.name for out in graph.output}
+    removed: set[int] = set()
+    for add in [n for n in graph.node if n.op_type == "Add"]:
+        for index, name in enumerate(add.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or not _from_convolution(q.input[0], producer, consumers,
+                                                                                    outputs):
+                continue
+            if _only(consumers, q.output[0], outputs) is not dq or _only(consumers, name, outputs) is not add:
+                continue
+            add.input[index] = q.input[0]
+            removed.update({id(q), id(dq)})
+            break
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
+    return len(removed) // 2
+
+
+def _from_convolution(tensor: str, producer: dict, consumers: dict, outputs: set[str]) -> bool:
+    """``tensor`` is a convolution's output, or its Relu/Clip's, read only by the one Q that follows."""
+    if _only(consumers, tensor, outputs) is None:
+        return False
+    node = producer.get(tensor)
+    if node is not None and node.op_type in ACTIVATIONS:
+        node = producer.get(node.input[0])
+        if node is not None and _only(consumers, node.output[0], outputs) is None:
+            return False
+    return node is not None and node.op_type in CONVOLUTIONS
 
 
 def _unsigned_activations(graph: onnx.GraphProto) -> None:

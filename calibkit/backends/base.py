@@ -36,6 +36,18 @@ def available_backends() -> list[str]:
     return [name for name, (_, ok) in _BACKENDS.items() if ok()]
 
 
+def require(backend: str, allowed: Sequence[str] | None = None) -> str:
+    """``backend`` if it is known (and among ``allowed``) and can run here, else one error line: checked
+    before any image is read."""
+    _register_builtins()
+    names = list(allowed) if allowed is not None else sorted(_BACKENDS)
+    if backend not in names or backend not in _BACKENDS:
+        raise CalibkitError(f"unknown backend {backend!r} here; choose one of {', '.join(names)}")
+    if not _BACKENDS[backend][1]():
+        load(Path("-"), backend=backend)  # the loader's own message says what to install
+    return backend
+
+
 def load(model_path: Path, precision: str = "fp32", backend: str = "ort-cpu", **options) -> Session:
     """Load ``model_path`` on ``backend``; ``precision`` tells engine builders what the model holds."""
     _register_builtins()

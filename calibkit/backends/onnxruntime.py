@@ -25,7 +25,7 @@ class OrtSession:
     def __init__(
         self,
         model_path: Path,
-        providers: list[str],
+        providers: list,
         expose: Sequence[str] = (),
         threads: int = 0,
         backend: str = "ort-cpu",
@@ -58,6 +58,36 @@ class OrtSession:
         self.model_outputs = model_outputs or self.output_names
         self._input_type = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
+    @property
+    def on_gpu(self) -> bool:
+        return self._session.get_providers()[0] == "CUDAExecutionProvider"
+
+    def run_device(self, batch: np.ndarray, outputs: Sequence[str]) -> dict:
+        """Run ``batch`` and return ``outputs`` as CuPy arrays left in GPU memory (IO binding; the CUDA
+        provider only). Each array keeps ONNX Runtime's buffer alive; synchronise CuPy's stream before
+        dropping the last reference (:func:`calibkit.stats.device.synchronize`)."""
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self.input_name, batch.astype(self._input_type, copy=False))
+        for name in outputs:
+            binding.bind_output(name, "cuda", 0)
+        self._session.run_with_iobinding(binding)
+        return {name: _as_cupy(value) for name, value in zip(outputs, binding.get_outputs())}
+
+    def timer(self, batch: np.ndarray):
+        """A call that runs ``batch`` once, for latency measurement. On the GPU the input stays in device
+        memory and the outputs are bound there too: the call returns once the GPU has finished (ONNX
+        Runtime synchronises the bound outputs), without host copies."""
+        if not self.on_gpu:
+            return lambda: self.run(batch)
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(batch.astype(self._input_type, copy=False), "cuda", 0)
+        binding.bind_ortvalue_input(self.input_name, value)
+        for name in self.model_outputs:
+            binding.bind_output(name, "cuda", 0)
+        return lambda: self._session.run_with_iobinding(binding)
+
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run ``batch``; a model with a fixed batch size gets it in chunks, the last one padded by
         repeating its last image, and the padding is cut from outputs whose first axis is the batch."""
@@ -86,6 +116,20 @@ class OrtSession:
         return dict(zip(names, values))
 
 
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _as_cupy(value):
+    """A CuPy view of an ONNX Runtime value in GPU memory (no copy); it holds ``value`` alive."""
+    import cupy
+
+    dtype = np.dtype(_DTYPES[value.data_type()])
+    shape = tuple(value.shape())
+    size = int(np.prod(shape)) * dtype.itemsize
+    memory = cupy.cuda.UnownedMemory(value.data_ptr(), size, value)
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0))
+
+
 def load_cpu(model_path: Path, precision: str = "fp32", **options) -> OrtSession:
     """ONNX Runtime on the CPU: runs FP32, FP16-cast and Q/DQ INT8 models (real INT8 kernels)."""
     return OrtSession(model_path, ["CPUExecutionProvider"], backend="ort-cpu", **options)
@@ -95,9 +139,17 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+# TF32 off: convolutions and products in full float32, so GPU statistics and accuracy match the CPU's.
+CUDA_OPTIONS = {"device_id": 0, "use_tf32": 0}
+
+
 def load_cuda(model_path: Path, precision: str = "fp32", **options) -> OrtSession:
-    """ONNX Runtime's CUDA provider; needs ``pip install calibkit[gpu]`` (onnxruntime-gpu)."""
+    """ONNX Runtime's CUDA provider; needs ``pip install calibkit[gpu]`` (onnxruntime-gpu). The CUDA and
+    cuDNN libraries of NVIDIA's pip packages are loaded first where ONNX Runtime can do that."""
     if not cuda_available():
         raise CalibkitError("backend ort-cuda needs onnxruntime-gpu: pip install 'calibkit[gpu]' on a CUDA machine")
-    return OrtSession(model_path, ["CUDAExecutionProvider", "CPUExecutionProvider"], backend="ort-cuda", **options)
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    return OrtSession(model_path, [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"],
+                      backend="ort-cuda", **options)
 

@@ -42,9 +42,9 @@ class OpTime:
     kind: str
 
 
-def profile_ops(model: Path, input_shape: Sequence[int], batch: int = 1, runs: int = 10, seed: int = 0) -> list[OpTime]:
-    """Kernel time per op type over ``runs`` inferences of a random ``(batch, *input_shape)`` input,
-    largest first (shares, not latency: profiling slows every kernel alike)."""
+def _node_events(model: Path, input_shape: Sequence[int], batch: int, runs: int, seed: int,
+                 providers: Sequence) -> list[dict]:
+    """The kernel events of ONNX Runtime's profiler over ``runs`` inferences of a random input."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="calibkit-profile-") as tmp:
@@ -52,15 +52,20 @@ def profile_ops(model: Path, input_shape: Sequence[int], batch: int = 1, runs: i
         options.log_severity_level = 3
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model), options, providers=list(providers))
         data = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
         for _ in range(runs):
             session.run(None, {session.get_inputs()[0].name: data})
         events = json.loads(Path(session.end_profiling()).read_text())
+    return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+
+
+def profile_ops(model: Path, input_shape: Sequence[int], batch: int = 1, runs: int = 10, seed: int = 0) -> list[OpTime]:
+    """Kernel time per op type over ``runs`` inferences of a random ``(batch, *input_shape)`` input,
+    largest first (shares, not latency: profiling slows every kernel alike)."""
     totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"] / 1000.0
+    for event in _node_events(model, input_shape, batch, runs, seed, ["CPUExecutionProvider"]):
+        totals[event["args"]["op_name"]] += event["dur"] / 1000.0
     overall = sum(totals.values()) or 1.0
     return sorted((OpTime(op, ms, ms / overall, kind_of(op)) for op, ms in totals.items()), key=lambda t: -t.ms)
 
@@ -69,3 +74,19 @@ def summarize(times: Sequence[OpTime], top: int = 4) -> dict:
     """Shares of integer kernels, conversions and float ops, and the float ops that cost the most."""
     shares = {kind: sum(t.share for t in times if t.kind == kind) for kind in ("integer", "conversion", "float")}
     return {**shares, "top_float": [{"op": t.op, "share": t.share} for t in times if t.kind == "float"][:top]}
+
+
+# Copies between host and device that ONNX Runtime inserts itself: not model nodes.
+COPY_OPS = frozenset({"MemcpyFromHost", "MemcpyToHost"})
+
+
+def cpu_fallbacks(model: Path, input_shape: Sequence[int], providers: Sequence) -> dict:
+    """Which nodes ONNX Runtime ran on the CPU although ``providers`` prefers another (a GPU): from one
+    profiled inference. ``{"nodes": n, "on_cpu": [{"node", "op"}, ...]}``."""
+    seen: dict[str, tuple[str, str]] = {}
+    for event in _node_events(model, input_shape, 1, 1, 0, providers):
+        args = event["args"]
+        if args.get("op_name") not in COPY_OPS:
+            seen[event["name"][: -len("_kernel_time")]] = (args.get("op_name", ""), args.get("provider", ""))
+    on_cpu = [{"node": name, "op": op} for name, (op, provider) in seen.items() if provider == "CPUExecutionProvider"]
+    return {"nodes": len(seen), "on_cpu": on_cpu}

@@ -52,14 +52,15 @@ def measure_interleaved(
 ) -> list[SpeedResult]:
     """Time ``(name, precision, session)`` triples on one random input per batch size: ``warmup``
     untimed calls each, then ``rounds`` rounds of ``runs`` timed calls per session, the session order
-    rotating each round."""
+    rotating each round. Each call returns only once its results exist (on a GPU: synchronised)."""
     rng = np.random.default_rng(seed)
     results = []
     for batch in batch_sizes:
         data = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        for _, _, session in sessions:
+        calls_of = [_timed_call(session, data) for _, _, session in sessions]
+        for call in calls_of:
             for _ in range(warmup):
-                session.run(data)
+                call()
         times: list[list[list[float]]] = [[] for _ in sessions]
         for round_index in range(rounds):
             order = list(range(len(sessions)))
@@ -68,7 +69,7 @@ def measure_interleaved(
                 calls = []
                 for _ in range(runs):
                     tick = time.perf_counter()
-                    sessions[index][2].run(data)
+                    calls_of[index]()
                     calls.append((time.perf_counter() - tick) * 1000)
                 times[index].append(calls)
         for (name, precision, session), per_round in zip(sessions, times):
@@ -78,6 +79,13 @@ def measure_interleaved(
                                        float(batch * len(ms) / (ms.sum() / 1000)), len(ms),
                                        tuple(float(np.median(r)) for r in per_round)))
     return results
+
+
+def _timed_call(session: Session, data: np.ndarray):
+    """What one timed call runs: the session's own timer where it has one (a GPU session keeps the input
+    and outputs in device memory and returns once the GPU is done), else a plain run."""
+    timer = getattr(session, "timer", None)
+    return timer(data) if timer is not None else (lambda: session.run(data))
 
 
 def with_ratios(results: Sequence[SpeedResult], baseline: str = "fp32") -> list[dict]:

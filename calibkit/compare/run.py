@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibkit.backends.onnxruntime import OrtSession
+from calibkit.backends import load
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
@@ -74,13 +74,15 @@ def compare_models(
     batch_size: int = 8,
     skip_bad: bool = False,
     layer_images: int = LAYER_IMAGES,
+    backend: str = "ort-cpu",
 ) -> dict:
     """Task metrics and per-output drift on every image; per-layer drift on the first ``layer_images``
     (fewer for models whose activations are large: see ``LayerPlan.images``).
 
     Where a whole batch's exposed tensors fit the per-layer memory budget, the per-layer drift is taken in
     the same pass (:class:`~calibkit.compare.layers.InlineLayerDrift`); otherwise a second pass runs
-    one image at a time in tensor groups. ``layer_images=0`` skips it.
+    one image at a time in tensor groups. ``layer_images=0`` skips it. The models run on ``backend``;
+    the per-layer drift, which exposes every tensor, always runs on the CPU.
     """
     if not candidates:
         raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
@@ -88,11 +90,11 @@ def compare_models(
     plan = plan_layers(reference, drift_models, preprocess) if layer_images and drift_models else None
     layer_images = plan.images(min(layer_images, len(items))) if plan is not None else 0
     inline = None
-    if layer_images and InlineLayerDrift.fits(plan) and all(
+    if layer_images and backend == "ort-cpu" and InlineLayerDrift.fits(plan) and all(
             c.drift_model in (None, c.model) for c in candidates):
         inline = InlineLayerDrift(reference, drift_models, plan, layer_images)
-    ref_session = OrtSession(reference, ["CPUExecutionProvider"], arena=False)
-    sessions = {c.name: OrtSession(c.model, ["CPUExecutionProvider"], arena=False) for c in candidates}
+    ref_session = load(reference, "fp32", backend, arena=False)
+    sessions = {c.name: load(c.model, c.precision, backend, arena=False) for c in candidates}
     outputs = ref_session.model_outputs
     scorers = {c.name: task.scorer() for c in candidates}
     reference_scorer = task.scorer()
@@ -161,4 +163,5 @@ def compare_models(
         "preprocess": preprocess.describe(),
         "candidates": results,
         "timings": timings,
+        "backend": backend,
     }

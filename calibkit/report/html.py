@@ -12,7 +12,7 @@ import numpy as np
 
 from calibkit.compare.verdict import parse_rule
 from calibkit.fileio import write_text_atomic
-from calibkit.report.provenance import cpu_name, usable_cpus
+from calibkit.report.provenance import cpu_name, gpu_name, usable_cpus
 from calibkit.report.svg import axis_range, histogram_chart, line_chart, method_colours
 from calibkit.stats.histogram import TensorStats
 from calibkit.tasks.base import Metric
@@ -162,7 +162,10 @@ def write_report(
         speed=speed,
         speed_error=comparison.get("speed_error"),
         profiles=comparison.get("profiles", {}),
-        machine=f"{cpu_name()}, {usable_cpus()} CPUs usable",
+        placement=comparison.get("placement", {}),
+        on_gpu=comparison.get("backend") == "ort-cuda",
+        speed_device=(f"ONNX Runtime CUDA on {gpu_name()}" if comparison.get("backend") == "ort-cuda"
+                      else f"ONNX Runtime CPU on {cpu_name()}, {usable_cpus()} CPUs usable"),
         drift_charts=_drift_charts(comparison["candidates"], colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_images=comparison.get("layer_images", comparison["images"]),

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calibkit.backends.onnxruntime import OrtSession
+from calibkit.backends import load
 from calibkit.data.images import ImageItem, image_list_hash
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -21,12 +21,15 @@ from calibkit.fileio import write_npz_atomic
 from calibkit.normalize import normalized_model
 from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
+from calibkit.stats import device
 from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 from calibkit.stats.moments import MomentCollector
 
-# Images per inference in the statistics pass: single images measured fastest (see below).
-STATS_BATCH_SIZE = 1
+# Images per inference in the statistics pass, per backend: on the CPU single images measured fastest
+# (see below); a GPU needs batches to keep busy.
+STATS_BATCH_SIZES = {"ort-cpu": 1, "ort-cuda": 8}
+STATS_BATCH_SIZE = STATS_BATCH_SIZES["ort-cpu"]
 
 # Exposed activations of the inferences in flight (computed, not yet folded) stay under about this much:
 # PP-PicoDet at 800x608 exposes 0.81 GB per image, EfficientNet-Lite0 at 224x224 40 MB.
@@ -84,6 +87,7 @@ def collect_statistics(
     threads: int = 1,
     shard_size: int | None = None,
     moments: MomentCollector | None = None,
+    backend: str = "ort-cpu",
 ) -> CollectedStats:
     """Run the model's normalised graph (:mod:`calibkit.normalize`) once over ``items`` and return
     streaming statistics of ``tensors``.
@@ -96,7 +100,8 @@ def collect_statistics(
     inputs' (see :mod:`calibkit.stats.clamps`).
     ``threads`` is ONNX Runtime's intra-op thread count: one by default, because inference runs beside
     the histogram updates rather than on every core. ``moments``, if given, is fed the inputs of its
-    weighted layers from the same inferences (:mod:`calibkit.stats.moments`).
+    weighted layers from the same inferences (:mod:`calibkit.stats.moments`). On ``backend="ort-cuda"``
+    the activations stay in GPU memory and are binned there (:mod:`calibkit.stats.device`).
     """
     model = normalized_model(Path(model_path)).model
     names = list(tensors) if tensors is not None else float_activations(model)
@@ -104,7 +109,9 @@ def collect_statistics(
     derived = {clamp.output for clamp in clamps}
     by_output = {clamp.output: clamp for clamp in clamps}
     measured = [name for name in names if name not in derived]
-    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=measured, threads=threads, model=model)
+    session = load(Path(model_path), "fp32", backend, expose=measured, threads=threads, model=model)
+    on_gpu = getattr(session, "on_gpu", False)
+    run = session.run_device if on_gpu else session.run
     shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in measured}]
     shard_images = [0]
     report = LoadReport()
@@ -119,6 +126,8 @@ def collect_statistics(
             shards[-1][name].update(outputs[name])
         if moments is not None and not moments.done:
             moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
+        if on_gpu:
+            device.synchronize()  # the kernels have read ONNX Runtime's buffers, which may now be reused
         shard_images[-1] += len(batch_items)
         seen.extend(batch_items)
         bar.update(len(batch_items))
@@ -129,7 +138,7 @@ def collect_statistics(
     # One inference at a time on single images measured fastest: the activations of one image stay in
     # cache for the histograms.
     per_batch = sum(activation_bytes(model, (batch_size, *preprocess.input_shape())).get(n, 0) for n in measured)
-    depth = max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
+    depth = 0 if on_gpu else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
         queued: deque[tuple[list[ImageItem], Future]] = deque()
 
@@ -138,14 +147,14 @@ def collect_statistics(
             fold(batch_items, outputs.result())
 
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
-            queued.append((batch.items, inference.submit(session.run, batch.array, measured)))
+            queued.append((batch.items, inference.submit(run, batch.array, measured)))
             if len(queued) > depth:
                 fold_oldest()
         while queued:
             fold_oldest()
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
-    shards = [with_clamps(shard, clamps, names) for shard in shards]
+    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names) for shard in shards]
     stats = merge_shards(shards)
     provenance = {
         "model_sha256": file_sha256(Path(model_path)),
@@ -166,7 +175,7 @@ def _tensor(name: str, outputs: dict[str, np.ndarray], clamps: dict[str, Clamp])
     if name in outputs:
         return outputs[name]
     clamp = clamps[name]
-    return np.clip(_tensor(clamp.source, outputs, clamps), clamp.low, clamp.high)
+    return _tensor(clamp.source, outputs, clamps).clip(clamp.low, clamp.high)
 
 
 def merge_shards(shards: Sequence[dict[str, TensorStats]]) -> dict[str, TensorStats]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calibkit.stats import device
+
 try:
     from calibkit.stats import _binning
 except ImportError:  # built without a C compiler: the NumPy path below gives the same counts
@@ -84,19 +86,25 @@ class TensorStats:
 
         Min and max take one pass over the batch. The binning runs in the C kernel
         (``_binning.c``, without the GIL) where it was built, else in NumPy chunk by chunk so the
-        scaled values and their bin indices stay in cache; both count identically. Non-finite values
-        are counted in :attr:`nonfinite` and left out.
+        scaled values and their bin indices stay in cache; both count identically. A CuPy array is
+        binned on its GPU by a kernel with the same arithmetic (:mod:`calibkit.stats.device`), into a
+        histogram kept there until :meth:`on_host`. Non-finite values are counted in
+        :attr:`nonfinite` and left out.
         """
-        flat = np.asarray(values, dtype=np.float32).reshape(-1)
+        on_device = device.is_device_array(values)
+        flat = (values.astype("float32", copy=False) if on_device else np.asarray(values, dtype=np.float32)).reshape(-1)
         if flat.size == 0:
             return
-        lo, hi = float(flat.min()), float(flat.max())
+        if on_device and not device.is_device_array(self.signed):
+            self.signed = device.cupy_module().asarray(self.signed)
+        lo, hi = device.extremes(flat)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = flat[np.isfinite(flat)]
             self.nonfinite += flat.size - finite.size
             if finite.size == 0:
                 return
-            flat, lo, hi = finite, float(finite.min()), float(finite.max())
+            flat = finite
+            lo, hi = device.extremes(flat)
         self.count += flat.size
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         amax = max(-lo, hi)
@@ -106,6 +114,9 @@ class TensorStats:
             return
         self._grow_to(amax)
         scale, offset = np.float32(self.bins / self.upper), np.float32(self.bins)
+        if on_device:
+            device.bin_signed(flat, scale, offset, self.signed)
+            return
         if _binning is not None:
             _binning.bin_signed(np.ascontiguousarray(flat), scale, offset, self.signed)
             return
@@ -124,6 +135,12 @@ class TensorStats:
                 # x < upper, but float32 rounding of the scaled value can reach 2 * bins itself.
                 counts[width - 1] += counts[width:].sum()
             self.signed += counts[:width]
+
+    def on_host(self) -> "TensorStats":
+        """These statistics with their histogram in host memory (after GPU updates); every other method
+        reads it there."""
+        self.signed = device.to_host(self.signed)
+        return self
 
     def _grow_to(self, amax: float) -> None:
         """Make ``upper`` the smallest power of two above ``amax``, merging bin pairs as it doubles.

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from calibkit.onnx_model import constant_values
+from calibkit.stats import device
 
 # Images whose layer inputs are accumulated (the first ones of the calibration set).
 MOMENT_IMAGES = 128
@@ -91,6 +92,8 @@ class WeightedLayer:
         if self.op_type != "Conv":
             rows = x.reshape(-1, x.shape[-1])
             chosen = _sample(len(rows), limit * (x.shape[0] if x.ndim > 2 else 1), rng)
+            if device.is_device_array(x):
+                chosen = device.cupy_module().asarray(chosen)
             return rows[chosen][:, None, :]
         batch, channels, height, width = x.shape
         kh, kw = self.shape[2:]
@@ -101,8 +104,11 @@ class WeightedLayer:
         taps_x = np.tile(np.arange(kw) * self.dilations[1], kh)[:, None]
         ys = (chosen // out_w * self.strides[0] - top)[None, :] + taps_y  # taps x positions, unpadded coordinates
         xs = (chosen % out_w * self.strides[1] - left)[None, :] + taps_x
-        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-        values = x[:, :, np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)] * inside  # batch, channels, taps, positions
+        inside = ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).astype(np.float32)
+        ys, xs = np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)
+        if device.is_device_array(x):
+            ys, xs, inside = (device.cupy_module().asarray(a) for a in (ys, xs, inside))
+        values = x[:, :, ys, xs] * inside  # batch, channels, taps, positions
         return values.transpose(0, 3, 1, 2).reshape(batch * len(chosen), self.groups, self.columns)
 
     def _padding(self, size: Sequence[int], kernel: Sequence[int]) -> tuple[int, int, int, int]:
@@ -196,11 +202,12 @@ class InputMoments:
     def _fold(self) -> None:
         if not self._pending:
             return
-        vectors = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        xp = device.cupy_module() if device.is_device_array(self._pending[0]) else np
+        vectors = xp.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         if self.gram is not None:
             by_group = vectors.transpose(1, 2, 0)
-            self.gram += np.matmul(by_group, by_group.transpose(0, 2, 1))
-        self.total += vectors.sum(axis=0)
+            self.gram += device.to_host(xp.matmul(by_group, by_group.transpose(0, 2, 1)))
+        self.total += device.to_host(vectors.sum(axis=0))
         self._count += vectors.shape[0]
         self._pending = []
 
@@ -261,7 +268,8 @@ class MomentCollector:
             return
         batch = 1
         for layer in self.layers:
-            x = np.asarray(tensors[layer.input], dtype=np.float32)
+            x = tensors[layer.input]
+            x = x.astype(np.float32, copy=False) if device.is_device_array(x) else np.asarray(x, dtype=np.float32)
             batch = x.shape[0] if x.ndim > 1 else 1
             if layer.node not in self.moments:
                 self._start(layer, x.shape)

@@ -58,7 +58,9 @@ def test_every_conv_has_quantized_inputs_and_per_channel_weights(small_model, sm
     assert_convs_fully_quantized(model)
     producers = _producers(model)
     add = next(n for n in model.graph.node if n.op_type == "Add")
-    assert all(producers[name].op_type == "DequantizeLinear" for name in add.input), "residual Add not quantized"
+    kinds = [producers[name].op_type for name in add.input]  # c3 (a Conv) and r1 (the residual branch)
+    # TensorRT fuses the Add into conv3 and reads the residual in INT8; ONNX Runtime's QLinearAdd needs both.
+    assert kinds == (["Conv", "DequantizeLinear"] if target == "tensorrt" else ["DequantizeLinear"] * 2), kinds
     assert not list(tmp_path.glob("*-inferred*")) and not list(small_model.parent.glob("*-inferred*"))
 
 
@@ -123,3 +125,35 @@ def test_an_opset_11_model_exports_loadable_models(small_model, tmp_path):
         out = export_qdq(path, ranges, tmp_path / f"{target}.onnx", target=target)
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         assert session.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 10)
+
+
+def _qdq_add_graph(second_reader: bool):
+    """conv -> relu -> Q/DQ -> add <- Q/DQ <- x: the relu output optionally read by a second node."""
+    from onnx import TensorProto, helper
+
+    def qdq(name):
+        return [helper.make_node("QuantizeLinear", [name, "s", "z"], [f"{name}_q"], name=f"{name}_Q"),
+                helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [f"{name}_dq"], name=f"{name}_DQ")]
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             *qdq("r"), *qdq("x"), helper.make_node("Add", ["r_dq", "x_dq"], ["y"], name="add")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])]
+    if second_reader:
+        nodes.append(helper.make_node("Identity", ["r"], ["r2"], name="other"))
+        outputs.append(helper.make_tensor_value_info("r2", TensorProto.FLOAT, [1, 2, 3, 3]))
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("second_reader", [False, True])
+def test_residual_add_is_fused_on_the_convolution_input_only_when_nothing_else_reads_it(second_reader):
+    from calibkit.artifacts.qdq_placement import fuse_residual_adds
+
+    model = _qdq_add_graph(second_reader)
+    assert fuse_residual_adds(model) == (0 if second_reader else 1)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert list(add.input) == (["r_dq", "x_dq"] if second_reader else ["r", "x_dq"])
+    onnx.checker.check_model(model, full_check=True)

@@ -18,3 +18,11 @@ def test_profile_splits_int8_time_into_integer_kernels_conversions_and_float(sma
 def test_op_kinds():
     assert [kind_of(op) for op in ("QLinearConv", "DequantizeLinear", "Mul", "MatMulInteger")] == [
         "integer", "conversion", "float", "integer"]
+
+
+def test_cpu_fallbacks_lists_every_node_a_cpu_only_session_ran(small_model):
+    from calibkit.bench.profile import cpu_fallbacks
+
+    placed = cpu_fallbacks(small_model, (3, 32, 32), ["CPUExecutionProvider"])
+    assert placed["nodes"] >= 5 and len(placed["on_cpu"]) == placed["nodes"]
+    assert {"Conv", "Gemm"} <= {n["op"] for n in placed["on_cpu"]}
