@@ -245,7 +245,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     result = compare_and_report(
         args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
-        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend,
+        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
     )
     _summarise(result, report)
     return _gate(result)
@@ -278,7 +278,7 @@ def _run_calibration(args: argparse.Namespace):
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
         equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
-        bias_correction=not args.no_bias_correction, backend=args.backend,
+        bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -355,7 +355,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
-    args.backend = "ort-cpu"
+    args.backend, args.ray = "ort-cpu", None
     args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True
@@ -428,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "calibration images) or nearest")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the float biases as exported instead of removing the mean shift weight rounding adds")
+    _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=None)
     p.set_defaults(func=cmd_calibrate)
@@ -460,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--backend", default="ort-cpu",
                    help="where every model runs and is timed: ort-cpu or ort-cuda (per-layer drift stays on the CPU)")
+    _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=Path("reports/compare"))
     p.set_defaults(func=cmd_compare)
@@ -510,6 +512,12 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
                        help="images for the sensitivity ranking")
     group.add_argument("--budget-metric", choices=["auto", "top1", "agreement"], default="auto",
                        help="what the budget limits: top-1 drop (auto with labels) or top-1 agreement loss")
+
+
+def _add_ray(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run as Ray tasks (pip install 'calibkit[ray]'): alone, on a local Ray instance; "
+                             "'auto' or an address, on that cluster (images must be at the same path on every worker)")
 
 
 def _terminated(signum, frame) -> None:

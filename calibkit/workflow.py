@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,6 +29,7 @@ from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, ge
 from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
+from calibkit.distributed import sharded_statistics
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
@@ -43,6 +45,7 @@ from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import sufficiency
 from calibkit.stats.channels import channel_absmax
 from calibkit.stats.collect import STATS_BATCH_SIZES, CollectedStats, collect_statistics
+from calibkit.stats.histogram import DEFAULT_BINS
 from calibkit.stats.moments import MOMENT_IMAGES, MomentCollector, weighted_layers
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 
@@ -161,7 +164,7 @@ def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, c
     targets = tensors_to_measure(graph.model)
     (out / CALIBRATED_GRAPH).unlink(missing_ok=True)
     if not targets:
-        return model, "no depthwise convolution"
+        return model, "no depthwise convolution with an input unbounded by a Clip"
     subset = list(chosen)[:: max(1, len(chosen) // EQUALIZATION_IMAGES)][:EQUALIZATION_IMAGES]
     peaks = channel_absmax(graph.model, model, subset, preprocess, targets, skip_bad)
     equalized, done = equalize(graph.model, peaks)
@@ -206,6 +209,7 @@ def calibrate(
     weight_rounding: str = "gptq",
     bias_correction: bool = True,
     backend: str = "ort-cpu",
+    ray: str | None = None,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
@@ -216,13 +220,16 @@ def calibrate(
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     ``weight_rounding`` and ``bias_correction`` choose the INT8 weights every Q/DQ model of the run ships
     (:mod:`calibkit.calib.weights`), kept as ``weights.npz``. ``backend="ort-cuda"`` runs the statistics
-    pass on the GPU (:mod:`calibkit.stats.device`).
+    pass on the GPU (:mod:`calibkit.stats.device`); ``ray`` (an address, or ``local``) splits it into Ray
+    tasks (:mod:`calibkit.distributed`), with the same artefacts.
     """
     began = time.perf_counter()
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     check_rounding(weight_rounding)
     require(backend, list(STATS_BATCH_SIZES))
+    if ray and backend != "ort-cpu":
+        raise CalibkitError("--ray runs the statistics pass on CPU workers; drop --backend or --ray")
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
@@ -253,8 +260,12 @@ def calibrate(
     layers = weighted_layers(calibrated, quantized_nodes(calibrated))
     moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
                if weight_rounding != "nearest" or bias_correction else None)
-    stats = collect_statistics(source, chosen, spec, batch_size=batch_size or STATS_BATCH_SIZES[backend],
-                               skip_bad=skip_bad, shard_size=shard_size, moments=moments, backend=backend)
+    batch = batch_size or STATS_BATCH_SIZES[backend]
+    if ray:
+        stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray)
+    else:
+        stats = collect_statistics(source, chosen, spec, batch_size=batch, skip_bad=skip_bad, shard_size=shard_size,
+                                   moments=moments, backend=backend)
     timings["statistics_s"] = stats.seconds
     start = time.perf_counter()
     weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
@@ -356,20 +367,24 @@ def compare_and_report(
     sensitivity_images: int = 100,
     budget_metric: str = "auto",
     backend: str = "ort-cpu",
+    ray: str | None = None,
 ) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
     failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
-    Returns the JSON document."""
+    With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
+    (:mod:`calibkit.distributed`). Returns the JSON document."""
     from calibkit.compare.run import compare_models
     from calibkit.compare.verdict import judge, rules_for
+    from calibkit.distributed import sharded_comparison
     from calibkit.report.html import write_report
 
     require(backend, ["ort-cpu", "ort-cuda"])
     unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
     if accuracy_budget is not None:
         task.check_budget_metric(budget_metric)
-    comparison = compare_models(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
+    compare = partial(sharded_comparison, address=ray) if ray else compare_models
+    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
     comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
     for c in comparison["candidates"]:
         c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
@@ -379,7 +394,7 @@ def compare_and_report(
     if accuracy_budget is not None:
         started = time.perf_counter()
         sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
-                                             Path(report).parent, sensitivity_images, budget_metric)
+                                             Path(report).parent, sensitivity_images, budget_metric, ray)
         comparison["sensitivity"] = sensitivity
         comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
         if sensitivity["budget"]["models"]:
@@ -491,9 +506,11 @@ def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bo
 
 def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
                            candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
-                           sensitivity_images: int = 100, budget_metric: str = "auto") -> dict:
-    """Rank layers for the best INT8 candidate on a seeded subset, then fit ``budget`` on all images."""
+                           sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None) -> dict:
+    """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
+    ``budget`` on all images."""
     from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
+    from calibkit.distributed import sharded_leave_one_out
 
     results = {c["name"]: c for c in comparison["candidates"]}
     int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]
@@ -505,7 +522,8 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     source = best.source or model
     weights = run_weights(best.ranges.parent)
     started = time.perf_counter()
-    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task, weights=weights)
+    rank = partial(sharded_leave_one_out, address=ray) if ray else None
+    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task, weights=weights, rank=rank)
     ranked_s = time.perf_counter() - started
     fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
                                  budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric, weights=weights)

@@ -84,3 +84,16 @@ def test_calibration_on_the_equalised_graph_lowers_int8_error(uneven, tmp_path):
         assert (out / CALIBRATED_GRAPH).is_file() == equalize_depthwise
         errors[equalize_depthwise] = float(np.mean((run(out / "minmax.qdq.onnx", batch) - reference) ** 2))
     assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_a_depthwise_input_bounded_by_relu6_is_left_as_exported(tmp_path):
+    path = build_uneven_depthwise(tmp_path / "relu6.onnx")
+    model = onnx.load(str(path))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type = "Clip"
+    relu.input.extend(["zero", "six"])
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                                    numpy_helper.from_array(np.array(6.0, np.float32), "six")])
+    assert depthwise_inputs(normalized_model(path).model) == {"depthwise": "r1"}  # ReLU: unbounded above
+    onnx.save(model, str(path))
+    assert depthwise_inputs(normalized_model(path).model) == {}

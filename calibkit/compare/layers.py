@@ -63,6 +63,17 @@ class LayerDrift:
         self.ref_absmax = max(self.ref_absmax, ref_absmax)
         self.count += ref.size
 
+    def merge(self, other: "LayerDrift") -> None:
+        """Add another pass's sums for the same tensor (of other images)."""
+        self.signal += other.signal
+        self.noise += other.noise
+        self.dot += other.dot
+        self.cand_energy += other.cand_energy
+        self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
+        self.ref_absmax = max(self.ref_absmax, other.ref_absmax)
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+
     @property
     def sqnr_db(self) -> float:
         """Signal-to-quantization-noise ratio; inf when the tensors are identical."""

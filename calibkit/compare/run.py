@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,7 +25,7 @@ from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.progress import progress
-from calibkit.tasks.base import Task
+from calibkit.tasks.base import Scorer, Task
 
 EXAMPLES = 3
 # Images of the per-layer drift pass. SQNR sums every element of a tensor, so 100 images hold it to a few
@@ -65,6 +65,29 @@ def _joined(first: Mapping[str, np.ndarray], rest: Mapping[str, np.ndarray]) -> 
     return {name: np.concatenate([first[name], rest[name]]) for name in first}
 
 
+@dataclass
+class ComparePart:
+    """One process's share of a comparison's pass over images: the task's scorers, the per-output drift
+    and, where it ran inline, the per-layer drift; :meth:`merge` adds another share (of later images)."""
+
+    reference_scorer: Scorer
+    scorers: dict[str, Scorer]
+    output_drift: dict[str, dict[str, LayerDrift]]
+    kept: list[ImageItem]
+    skipped: int = 0
+    layers: dict[str, list[LayerDrift]] = field(default_factory=dict)
+    layer_images: int = 0
+
+    def merge(self, other: "ComparePart") -> None:
+        self.reference_scorer.merge(other.reference_scorer)
+        for name, scorer in self.scorers.items():
+            scorer.merge(other.scorers[name])
+            for output, drift in self.output_drift[name].items():
+                drift.merge(other.output_drift[name][output])
+        self.kept.extend(other.kept)
+        self.skipped += other.skipped
+
+
 def compare_models(
     reference: Path,
     candidates: Sequence[Candidate],
@@ -89,57 +112,71 @@ def compare_models(
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
     plan = plan_layers(reference, drift_models, preprocess) if layer_images and drift_models else None
     layer_images = plan.images(min(layer_images, len(items))) if plan is not None else 0
-    inline = None
-    if layer_images and backend == "ort-cpu" and InlineLayerDrift.fits(plan) and all(
-            c.drift_model in (None, c.model) for c in candidates):
-        inline = InlineLayerDrift(reference, drift_models, plan, layer_images)
+    inline = layer_images if layer_images and backend == "ort-cpu" and InlineLayerDrift.fits(plan) and all(
+        c.drift_model in (None, c.model) for c in candidates) else 0
+    started = time.perf_counter()
+    part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)
+    timings = {"outputs_pass_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    layers, layer_images = part.layers, (part.layer_images if part.layers else layer_images)
+    if layer_images and not layers:
+        layer_images = min(layer_images, len(part.kept))
+        layers = layer_drift(reference, drift_models, part.kept[:layer_images], preprocess, plan)
+    timings["layer_pass_s"] = time.perf_counter() - started
+    return comparison_document(reference, candidates, part, layers, layer_images, preprocess, task, backend, timings)
+
+
+def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
+                 task: Task, batch_size: int = 8, skip_bad: bool = False, backend: str = "ort-cpu",
+                 inline_images: int = 0, plan=None) -> ComparePart:
+    """Each batch of ``items`` decoded once and run once per model; with ``inline_images``, the per-layer
+    drift of that many first images in the same pass (``plan``: :func:`plan_layers`)."""
+    drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
+    inline = InlineLayerDrift(reference, drift_models, plan, inline_images) if inline_images else None
     ref_session = load(reference, "fp32", backend, arena=False)
     sessions = {c.name: load(c.model, c.precision, backend, arena=False) for c in candidates}
     outputs = ref_session.model_outputs
-    scorers = {c.name: task.scorer() for c in candidates}
-    reference_scorer = task.scorer()
-    output_drift = {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}
-    kept: list[ImageItem] = []
+    part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
+                       {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])
     report = LoadReport()
-    layers: dict[str, list[LayerDrift]] = {}
-    started = time.perf_counter()
     with progress(len(items), f"comparing {len(candidates)} candidate(s)") as bar:
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
             counted, ref_first, cand_first = inline.run(batch.array) if inline is not None else (0, {}, {})
             rest = batch.array[counted:]
             ref_out = _joined(ref_first, ref_session.run(rest) if len(rest) else {})
             ref_pred = task.decode(ref_out, batch)
-            reference_scorer.add(ref_pred, ref_pred, batch)
+            part.reference_scorer.add(ref_pred, ref_pred, batch)
             for c in candidates:
                 if c.name in cand_first:
                     out = _joined(cand_first[c.name], sessions[c.name].run(rest) if len(rest) else {})
                 else:
                     out = sessions[c.name].run(batch.array)
-                scorers[c.name].add(ref_pred, task.decode(out, batch), batch)
+                part.scorers[c.name].add(ref_pred, task.decode(out, batch), batch)
                 for name in outputs:
-                    output_drift[c.name][name].update(ref_out[name], out[name])
+                    part.output_drift[c.name][name].update(ref_out[name], out[name])
             if inline is not None and not inline.images_left:
-                layers, inline = inline.result(), None  # drift has its images: the plain sessions take over
-            kept.extend(batch.items)
+                part.layers, part.layer_images, inline = inline.result(), inline.images, None
+            part.kept.extend(batch.items)
             bar.update(len(batch.items))
-    if not kept:
+    if not part.kept:
         raise CalibkitError("every image failed to load; nothing to compare")
     if inline is not None:  # fewer images than the per-layer pass asked for
-        layers, layer_images = inline.result(), inline.images - inline.images_left
-    del ref_session, sessions, inline  # weights of every model: a separate per-layer pass loads its own
-    timings = {"outputs_pass_s": time.perf_counter() - started}
-    started = time.perf_counter()
-    if layer_images and not layers:
-        layer_images = min(layer_images, len(kept))
-        layers = layer_drift(reference, drift_models, kept[:layer_images], preprocess, plan)
-    timings["layer_pass_s"] = time.perf_counter() - started
+        part.layers, part.layer_images = inline.result(), inline.images - inline.images_left
+    part.skipped = len(report.skipped)
+    return part
+
+
+def comparison_document(reference: Path, candidates: Sequence[Candidate], part: ComparePart,
+                        layers: Mapping[str, list[LayerDrift]], layer_images: int, preprocess: Preprocess, task: Task,
+                        backend: str, timings: dict) -> dict:
+    """The comparison's JSON document from a (merged) pass and the per-layer drift."""
     absolute_keys = [m.key for m in task.metrics if not m.versus_fp32]
     label_keys = [m.key for m in task.metrics if m.labels]
-    reference_metrics = reference_scorer.result()
+    reference_metrics = part.reference_scorer.result()
     results = []
     for c in candidates:
-        scorer = scorers[c.name]
-        drifts = list(output_drift[c.name].values())
+        scorer = part.scorers[c.name]
+        drifts = list(part.output_drift[c.name].values())
         results.append({
             "name": c.name,
             "precision": c.precision,
@@ -154,10 +191,10 @@ def compare_models(
     return {
         "task": {"name": task.name, "description": task.description, "settings": task.settings,
                  "metrics": [vars(m) for m in task.metrics]},
-        "reference": {"model": str(reference), "outputs": outputs,
+        "reference": {"model": str(reference), "outputs": list(next(iter(part.output_drift.values()))),
                       "metrics": {k: reference_metrics.get(k) for k in absolute_keys}},
-        "images": len(kept),
-        "skipped_images": len(report.skipped),
+        "images": len(part.kept),
+        "skipped_images": part.skipped,
         "labelled": any(reference_metrics.get(k) is not None for k in label_keys),
         "layer_images": layer_images,
         "preprocess": preprocess.describe(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -65,10 +65,20 @@ def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> l
 
 
 def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
-                      nodes: Sequence[str] | None = None, weights: RefinedWeights | None = None) -> list[dict]:
+                      nodes: Sequence[str] | None = None, weights: RefinedWeights | None = None,
+                      rank: Callable[..., list[dict]] | None = None) -> list[dict]:
     """Leave-one-out ranking, most sensitive first: ``{node, drift, drift_gain}`` per node, with the run's
-    ``weights`` in every quantized layer."""
+    ``weights`` in every quantized layer. ``rank`` computes the rows (default :func:`leave_one_out`; a
+    split over processes, :func:`calibkit.distributed.sharded_leave_one_out`, gives the same rows)."""
     nodes = list(nodes) if nodes is not None else quantizable_nodes(model)
+    rows = (rank or leave_one_out)(model, ranges, cache, task, nodes, weights)
+    return sorted(rows, key=lambda r: r["drift_gain"], reverse=True)
+
+
+def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
+                  nodes: Sequence[str], weights: RefinedWeights | None = None) -> list[dict]:
+    """For each of ``nodes``, in order, the drift with that node alone in float and its gain over the
+    fully quantized model's drift."""
     reference = joined(cache.outputs(model))
     float_model = normalized_model(model).model
     quantized_names = quantized_nodes(float_model)
@@ -87,7 +97,7 @@ def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: Ima
                 drift = task.drift(reference, joined(outputs))
                 rows.append({"node": node, "drift": drift, "drift_gain": base - drift})
                 bar.update(1)
-    return sorted(rows, key=lambda r: r["drift_gain"], reverse=True)
+    return rows
 
 
 @dataclass

@@ -7,6 +7,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from calibkit.errors import CalibkitError
 
@@ -92,13 +93,21 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
     return items
 
 
-def image_list_hash(items: list[ImageItem]) -> str:
-    """SHA-256 over each file's name, label and bytes (streamed): identifies a calibration set in
-    provenance, so two folders with the same names but different pixels differ."""
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
     digest = hashlib.sha256()
-    for item in items:
-        digest.update(f"{item.path.name}\t{item.label}\n".encode())
-        with open(item.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
+
+
+def image_list_hash(items: Sequence[ImageItem], digests: Sequence[str] | None = None) -> str:
+    """SHA-256 over each file's name, label and content digest (:func:`file_digest`, computed here
+    unless given): identifies a calibration set in provenance, so two folders with the same names but
+    different pixels differ, and parts of a set hashed on different machines combine."""
+    digests = list(digests) if digests is not None else [file_digest(item.path) for item in items]
+    combined = hashlib.sha256()
+    for item, digest in zip(items, digests):
+        combined.update(f"{item.path.name}\t{item.label}\t{digest}\n".encode())
+    return combined.hexdigest()

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from calibkit.backends import load
-from calibkit.data.images import ImageItem, image_list_hash
+from calibkit.data.images import ImageItem, file_digest, image_list_hash
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
@@ -103,6 +103,31 @@ def collect_statistics(
     weighted layers from the same inferences (:mod:`calibkit.stats.moments`). On ``backend="ort-cuda"``
     the activations stay in GPU memory and are binned there (:mod:`calibkit.stats.device`).
     """
+    start = time.perf_counter()
+    part = collect_part(model_path, items, preprocess, batch_size, bins, tensors, skip_bad, threads, shard_size,
+                        moments, backend)
+    return assemble(model_path, [part], preprocess, bins, time.perf_counter() - start, bool(shard_size))
+
+
+@dataclass
+class PassPart:
+    """What one pass over some images found: statistics per shard of images (clamp outputs derived),
+    the images read, in order, with a digest of each file, and how many could not be read."""
+
+    shards: list[dict[str, TensorStats]]
+    shard_images: list[int]
+    seen: list[ImageItem]
+    digests: list[str]
+    skipped: int
+    clamped: int
+
+
+def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess,
+                 batch_size: int = STATS_BATCH_SIZE, bins: int = DEFAULT_BINS, tensors: Sequence[str] | None = None,
+                 skip_bad: bool = False, threads: int = 1, shard_size: int | None = None,
+                 moments: MomentCollector | None = None, backend: str = "ort-cpu") -> PassPart:
+    """The pass of :func:`collect_statistics` over ``items``, before its parts are merged: one process's
+    share of a pass that may be split over several (:mod:`calibkit.distributed`)."""
     model = normalized_model(Path(model_path)).model
     names = list(tensors) if tensors is not None else float_activations(model)
     clamps = derivable_clamps(model, names)
@@ -116,7 +141,6 @@ def collect_statistics(
     shard_images = [0]
     report = LoadReport()
     seen: list[ImageItem] = []
-    start = time.perf_counter()
 
     def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
         if shard_size and shard_images[-1] >= shard_size:
@@ -152,22 +176,31 @@ def collect_statistics(
                 fold_oldest()
         while queued:
             fold_oldest()
+    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names) for shard in shards]
+    return PassPart(shards, shard_images, seen, [file_digest(item.path) for item in seen], len(report.skipped),
+                    len(clamps))
+
+
+def assemble(model_path: Path, parts: Sequence[PassPart], preprocess: Preprocess, bins: int, seconds: float,
+             keep_shards: bool) -> CollectedStats:
+    """One :class:`CollectedStats` from the parts of a pass, in image order: the shards' exact merge."""
+    seen = [item for part in parts for item in part.seen]
     if not seen:
         raise CalibkitError("no calibration image could be read; check the --images folder")
-    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names) for shard in shards]
-    stats = merge_shards(shards)
+    shards = [shard for part in parts for shard in part.shards]
     provenance = {
         "model_sha256": file_sha256(Path(model_path)),
         "model": Path(model_path).name,
-        "images_sha256": image_list_hash(seen),
+        "images_sha256": image_list_hash(seen, [digest for part in parts for digest in part.digests]),
         "num_images": len(seen),
-        "skipped_images": len(report.skipped),
+        "skipped_images": sum(part.skipped for part in parts),
         "preprocess": preprocess.to_dict(),
         "histogram_bins": bins,
-        "tensors_from_clamped_inputs": len(clamps),
+        "tensors_from_clamped_inputs": parts[0].clamped,
     }
-    return CollectedStats(stats, provenance, [str(item.path) for item in seen], time.perf_counter() - start,
-                          shards if shard_size else [], shard_images if shard_size else [])
+    shard_images = [count for part in parts for count in part.shard_images]
+    return CollectedStats(merge_shards(shards), provenance, [str(item.path) for item in seen], seconds,
+                          shards if keep_shards else [], shard_images if keep_shards else [])
 
 
 def _tensor(name: str, outputs: dict[str, np.ndarray], clamps: dict[str, Clamp]) -> np.ndarray:

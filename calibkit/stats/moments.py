@@ -204,10 +204,11 @@ class InputMoments:
             return
         xp = device.cupy_module() if device.is_device_array(self._pending[0]) else np
         vectors = xp.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        # New arrays rather than in-place sums: moments returned by a Ray task arrive read-only.
         if self.gram is not None:
             by_group = vectors.transpose(1, 2, 0)
-            self.gram += device.to_host(xp.matmul(by_group, by_group.transpose(0, 2, 1)))
-        self.total += device.to_host(vectors.sum(axis=0))
+            self.gram = self.gram + device.to_host(xp.matmul(by_group, by_group.transpose(0, 2, 1)))
+        self.total = self.total + device.to_host(vectors.sum(axis=0))
         self._count += vectors.shape[0]
         self._pending = []
 

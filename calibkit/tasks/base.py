@@ -77,6 +77,11 @@ class Scorer:
         """Metric key -> value (``None`` where it does not apply, e.g. no labels)."""
         raise NotImplementedError
 
+    def merge(self, other: "Scorer") -> None:
+        """Add what ``other`` (a scorer of the same task, fed later images) accumulated, as if this scorer
+        had seen those images too: what a comparison split over processes needs (``--ray``)."""
+        raise CalibkitError(f"{type(self).__name__} cannot merge the scores of another process; compare without --ray")
+
     def details(self) -> dict[str, Any]:
         """Extra JSON-ready detail (per-class tables, ...); empty by default."""
         return {}

@@ -40,6 +40,13 @@ class ClassificationScorer(Scorer):
                 self.hits[f"{prefix}top1"] += int((top[:, 0] == labels).sum())
                 self.hits[f"{prefix}top5"] += int((top == labels[:, None]).any(axis=1).sum())
 
+    def merge(self, other: "ClassificationScorer") -> None:
+        self.images += other.images
+        self.hits = {key: count + other.hits[key] for key, count in self.hits.items()}
+        self.agree += other.agree
+        self.overlap += other.overlap
+        self.kl_sum += other.kl_sum
+
     def result(self) -> dict[str, float | None]:
         n = max(self.images, 1)
         out: dict[str, float | None] = {

@@ -33,6 +33,9 @@ class DenseScorer(Scorer):
             flat = ref.ravel() * classes + cand.ravel()
             self.confusion += np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
 
+    def merge(self, other: "DenseScorer") -> None:
+        self.confusion += other.confusion
+
     def result(self) -> dict[str, float | None]:
         total = self.confusion.sum()
         agree = np.trace(self.confusion)

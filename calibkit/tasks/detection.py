@@ -76,6 +76,14 @@ class DetectionScorer(Scorer):
             self.candidate.append(cand)
             self.items.append((item.path, size))
 
+    def merge(self, other: "DetectionScorer") -> None:
+        self.counts.add(other.counts)
+        self.reference.extend(other.reference)
+        self.candidate.extend(other.candidate)
+        self.items.extend(other.items)
+        self.image_f1.extend(other.image_f1)
+        self._ap = None
+
     def ap_vs_fp32(self) -> dict:
         """COCO AP of the candidate's detections against FP32's confident ones, computed once per set of images."""
         if self._ap is None or self._ap[0] != len(self.reference):

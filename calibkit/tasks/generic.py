@@ -15,6 +15,9 @@ class NoScorer(Scorer):
     def add(self, reference: Sequence[None], candidate: Sequence[None], batch: Batch) -> None:
         return None
 
+    def merge(self, other: "NoScorer") -> None:
+        return None
+
     def result(self) -> dict[str, float | None]:
         return {}
 

@@ -51,6 +51,13 @@ class CtcScorer(Scorer):
             self.characters += len(ref)
             self.empty += not cand
 
+    def merge(self, other: "CtcScorer") -> None:
+        self.lines += other.lines
+        self.exact += other.exact
+        self.edits += other.edits
+        self.characters += other.characters
+        self.empty += other.empty
+
     def result(self) -> dict[str, float | None]:
         return {
             "exact": 100 * self.exact / max(self.lines, 1),

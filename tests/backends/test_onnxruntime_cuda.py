@@ -16,7 +16,7 @@ def cuda_session(small_model):
     from calibkit.backends import load
 
     try:
-        return load(small_model, "fp32", "ort-cuda")
+        return load(small_model, "fp32", "ort-cuda", expose=["c1"])
     except Exception as exc:  # noqa: BLE001 - the provider is built in but no GPU or driver is usable
         pytest.skip(f"the CUDA provider cannot start here: {exc}")
 

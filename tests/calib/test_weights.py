@@ -44,7 +44,7 @@ def _one_layer(weight, bias):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[1]])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    return helper.make_model(graph)
+    return helper.make_model(graph, ir_version=8)
 
 
 def test_bias_correction_removes_a_planted_channel_shift():

@@ -12,7 +12,7 @@ from calibkit.stats.moments import MomentCollector, weighted_layers
 def _single(node, inputs, initializers, input_shape):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
                               [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)], initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 CONVS = [
@@ -59,7 +59,7 @@ def test_gemm_and_matmul_layers_read_rows_and_find_their_bias(trans_b):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(rng.standard_normal((3, 5)).astype(np.float32), "w"),
                                numpy_helper.from_array(np.zeros(5, np.float32), "b")])
-    layer = weighted_layers(helper.make_model(graph))[0]
+    layer = weighted_layers(helper.make_model(graph, ir_version=8))[0]
     assert (layer.op_type, layer.bias, layer.rows, layer.columns) == ("MatMul", "b", 5, 3)
     assert layer.positions((2, 4, 3)) == 4
 
