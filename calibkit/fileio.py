@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -82,9 +83,12 @@ def write_text_atomic(final: Path, text: str) -> Path:
     return Path(final)
 
 
-def write_npz_atomic(final: Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``arrays`` as a compressed ``.npz`` that ``numpy.load`` reads, atomically and byte for byte the
-    same for the same arrays: ``numpy.savez_compressed`` stamps each member with the current time."""
+def write_npz_atomic(final: Path, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> Path:
+    """Write ``arrays`` (and ``meta`` as JSON, member ``meta``) as a compressed ``.npz`` that ``numpy.load``
+    and :func:`read_npz` read, atomically and byte for byte the same for the same content:
+    ``numpy.savez_compressed`` stamps each member with the current time."""
+    if meta is not None:
+        arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     with atomic_path(final) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name, array in arrays.items():
@@ -93,3 +97,10 @@ def write_npz_atomic(final: Path, arrays: Mapping[str, np.ndarray]) -> Path:
                 with archive.open(member, "w", force_zip64=True) as fh:
                     np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
     return Path(final)
+
+
+def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of an ``.npz`` written by :func:`write_npz_atomic`, and its JSON ``meta``."""
+    with np.load(path) as data:
+        arrays = dict(data)
+    return arrays, json.loads(arrays.pop("meta").tobytes())

@@ -23,7 +23,6 @@ over ``[groups, rows, columns]`` arrays.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from calibkit.errors import CalibkitError
-from calibkit.fileio import write_npz_atomic
+from calibkit.fileio import read_npz, write_npz_atomic
 from calibkit.onnx_model import constant_values
 from calibkit.stats.moments import InputMoments, WeightedLayer
 
@@ -151,14 +150,11 @@ class RefinedWeights:
             entries.append({"node": layer.node, "weight": layer.weight, "bias": layer.bias})
         meta = {"format": WEIGHTS_FORMAT, "rounding": self.rounding, "bias_correction": self.bias_correction,
                 "layers": entries}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return write_npz_atomic(Path(path), arrays)
+        return write_npz_atomic(Path(path), arrays, meta)
 
     @classmethod
     def load(cls, path: Path) -> "RefinedWeights":
-        with np.load(path) as data:
-            arrays = dict(data)
-        meta = json.loads(arrays["meta"].tobytes())
+        arrays, meta = read_npz(path)
         if meta.get("format") != WEIGHTS_FORMAT:
             raise CalibkitError(f"{path}: weights written by another calibkit version; run calibkit calibrate again")
         layers = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,7 @@ from calibkit.data.images import ImageItem, file_digest, image_list_hash
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
-from calibkit.fileio import write_npz_atomic
+from calibkit.fileio import read_npz, write_npz_atomic
 from calibkit.normalize import normalized_model
 from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
@@ -57,14 +56,11 @@ class CollectedStats:
             arrays.update(stats.to_arrays(f"t{index}"))
         meta = {"format": STATS_FORMAT, "names": list(self.tensors), "provenance": self.provenance,
                 "images": self.images}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return write_npz_atomic(Path(path), arrays)
+        return write_npz_atomic(Path(path), arrays, meta)
 
     @classmethod
     def load(cls, path: Path) -> "CollectedStats":
-        with np.load(path) as data:
-            arrays = dict(data)
-        meta = json.loads(arrays["meta"].tobytes())
+        arrays, meta = read_npz(path)
         if meta.get("format") != STATS_FORMAT:
             raise CalibkitError(
                 f"{path}: statistics written by an older calibkit (|x| histograms only); "
