@@ -154,9 +154,10 @@ class InlineLayerDrift:
         self.tensors = list(plan.sizes)
         self.images = self.images_left = images
         self.exposed = {name: [t for t in names if t in plan.sizes] for name, names in plan.shared.items()}
-        self.reference = OrtSession(reference, ["CPUExecutionProvider"], expose=self.tensors, arena=False)
-        self.sessions = {name: OrtSession(path, ["CPUExecutionProvider"], expose=self.exposed[name], arena=False)
-                         for name, path in drift_models.items()}
+        self.reference = OrtSession(reference, ["CPUExecutionProvider"], expose=self.tensors, arena=False,
+                                    spinning=False)
+        self.sessions = {name: OrtSession(path, ["CPUExecutionProvider"], expose=self.exposed[name], arena=False,
+                                          spinning=False) for name, path in drift_models.items()}
         self.drifts = {name: {t: LayerDrift(t) for t in names} for name, names in plan.shared.items()}
 
     @staticmethod
@@ -231,10 +232,10 @@ def layer_drift(
     bar = progress(len(groups) * len(items), f"per-layer drift ({len(groups)} tensor group(s))")
     for group in groups:
         in_group = set(group)
-        ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group, arena=False)
+        ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group, arena=False, spinning=False)
         exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
-        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name], arena=False)
-                    for name in shared if exposed[name]}
+        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name], arena=False,
+                                     spinning=False) for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)
             sums = {tensor: reference_sums_of(value) for tensor, value in ref_out.items()}

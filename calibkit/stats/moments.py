@@ -24,8 +24,9 @@ from calibkit.stats import device
 MOMENT_IMAGES = 128
 
 # Input vectors sampled per layer over those images, per column of the layer (a 5x5 depthwise
-# convolution: 25 columns, so about 13 positions per image), within the bounds below per image and
-# the positions a layer has.
+# convolution: 25 columns, so 7 positions per image, raised to MIN_POSITIONS), within the bounds below
+# per image and the positions a layer has. 64 per column measured mean KL 0.0045 against 0.0049 on
+# EfficientNet-Lite0, for 1.7x the cost in the statistics pass.
 SAMPLES_PER_COLUMN = 32
 MIN_POSITIONS, MAX_POSITIONS = 8, 256
 
