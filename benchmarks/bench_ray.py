@@ -45,7 +45,7 @@ def main() -> None:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         start = time.perf_counter()
         split = distributed.sharded_statistics(model, items, spec, 1, DEFAULT_BINS, shard_size=50)
-        rows.append((f"Ray, {workers} local worker(s), {len(split.shards)} tasks",
+        rows.append((f"Ray, {workers} local worker(s)",
                      len(items) / (time.perf_counter() - start)))
         ray.shutdown()
         same &= all(np.array_equal(split.tensors[n].signed, single.tensors[n].signed) for n in single.tensors)

@@ -5,9 +5,9 @@ and its comparison scores are sums, so a stage splits into tasks over consecutiv
 layers, for sensitivity) and this process merges what they return, in shard order:
 
 * statistics: the same numbers as one process, so the same caches, JSON and Q/DQ models byte for byte.
-  Shards are the sufficiency check's own 50-image shards; the first task takes enough of them to cover
-  the images whose layer inputs feed weight rounding (:mod:`calibkit.stats.moments`) and accumulates
-  those moments exactly as one process does;
+  A task takes whole shards of the sufficiency check's 50 images, so its statistics per shard are one
+  process's too; the first task takes enough of them to cover the images whose layer inputs feed weight
+  rounding (:mod:`calibkit.stats.moments`) and accumulates those moments exactly as one process does;
 * comparison: the same counts (agreement, top-1, CER, boxes, confusion matrices); sums of floats (KL,
   top-5 overlap, SQNR and cosine per layer and output) equal up to the order of summation;
 * sensitivity: one task per group of layers, each the computation one process does for them.
@@ -143,17 +143,21 @@ def _statistics_task(model: ModelFile, preprocess: Preprocess, shard: tuple):
 def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess, batch_size: int,
                        bins: int, skip_bad: bool = False, shard_size: int = 50, moments=None,
                        address: str = LOCAL):
-    """:func:`calibkit.stats.collect.collect_statistics` split into Ray tasks of ``shard_size`` images
-    (see the module docstring); ``moments`` is filled as one process would fill it."""
+    """:func:`calibkit.stats.collect.collect_statistics` split into Ray tasks of whole ``shard_size``-image
+    shards (see the module docstring); ``moments`` is filled as one process would fill it."""
     from calibkit.stats.collect import assemble
 
-    first = -(-moments.images // shard_size) * shard_size if moments is not None else shard_size
-    bounds = [(0, min(first, len(items)))] + [(start, min(start + shard_size, len(items)))
-                                               for start in range(first, len(items), shard_size)]
-    shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None)
-              for i, (a, b) in enumerate(bounds)]
     started = time.perf_counter()
-    with connect(address):
+    with connect(address) as ray:
+        # Two tasks per CPU of the cluster, each a whole number of shards: a task's start (a session with
+        # every activation exposed) is paid per task, not per shard.
+        shards_per_task = max(1, -(-len(items) // shard_size) // (2 * int(ray.cluster_resources().get("CPU", 1))))
+        step = shards_per_task * shard_size
+        first = max(step, -(-moments.images // shard_size) * shard_size if moments is not None else 0)
+        bounds = [(0, min(first, len(items)))] + [(start, min(start + step, len(items)))
+                                                   for start in range(first, len(items), step)]
+        shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None)
+                  for i, (a, b) in enumerate(bounds)]
         results = run_tasks(_statistics_task, (ModelFile.of(model_path), preprocess), shards,
                             lambda i: f"statistics shard {i} ({_image_shard(shards[i][0])})",
                             f"collecting statistics ({len(shards)} Ray tasks)", [b - a for a, b in bounds])
