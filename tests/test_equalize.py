@@ -35,7 +35,7 @@ def build_uneven_depthwise(path, channels=8, seed=0):
     graph = helper.make_graph(nodes, "uneven", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 32, 32])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", channels, 32, 32])],
                               [numpy_helper.from_array(v, k) for k, v in weights.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 
 

@@ -29,7 +29,7 @@ def test_nodes_reading_constants_beyond_fp16_stay_fp32(tmp_path):
         "large_weight", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
     source = tmp_path / "large_weight.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(source))
     path = export_fp16(source, tmp_path / "large_weight.fp16.onnx")
     types = {i.name: i.data_type for i in onnx.load(str(path)).graph.initializer}
     assert types["w"] == onnx.TensorProto.FLOAT

@@ -94,7 +94,7 @@ def build_attention(path, tokens=6, dim=8, seed=0):
     ]
     graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, dim])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, dim])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 
 
