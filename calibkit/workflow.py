@@ -29,8 +29,8 @@ from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, ge
 from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
-from calibkit.distributed import sharded_statistics
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
+from calibkit.distributed import sharded_statistics
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic

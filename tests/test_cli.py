@@ -240,6 +240,10 @@ def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, c
     assert code == 3 and "int8 minmax: UNUSABLE" in err
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "int8 minmax: unusable" in html
+    row = html[html.index("int8 minmax</td>"):]
+    row = row[: row.index("</tr>")]
+    assert 'class="good"' not in row and 'class="bad"' in row, "no number of a broken model is green"
+    assert "Speed:" not in html  # --no-bench: no speed note without speed
 
 
 def test_an_already_quantized_model_is_refused_before_any_image_is_read(small_model, image_folder, tmp_path, capsys):

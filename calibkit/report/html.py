@@ -63,7 +63,8 @@ def _rule_classes(comparison: Mapping, metrics: Sequence[str]) -> dict[str, list
 
 def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
     """Columns (the task's metrics that have a value somewhere) and one row per model, formatted; a
-    cell under a gate or unusable rule is marked ``bad`` when the rule is met, else ``good``."""
+    cell under a gate or unusable rule is marked ``bad`` when the rule is met, else ``good`` (never for
+    a candidate judged unusable)."""
     metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
     reference = comparison["reference"]["metrics"]
     columns = [m for m in metrics
@@ -71,9 +72,9 @@ def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
                                                            for c in comparison["candidates"])]
     rules = _rule_classes(comparison, [m.key for m in metrics] + ["output_sqnr"])
 
-    def judged(values: Mapping, key: str) -> str:
+    def judged(values: Mapping, key: str, usable: bool = True) -> str:
         verdicts = [rule.met(values) for rule in rules.get(key, [])]
-        return "bad" if any(verdicts) else "good" if verdicts and values.get(key) is not None else ""
+        return "bad" if any(verdicts) else "good" if usable and verdicts and values.get(key) is not None else ""
 
     rows = [{"name": "fp32 (reference)", "cells": [(m.format(None if m.versus_fp32 else reference.get(m.key)), "")
                                                    for m in columns], "status": "reference", "sqnr": ("–", ""),
@@ -81,9 +82,10 @@ def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
     for c in comparison["candidates"]:
         sqnr = c["metrics"].get("output_sqnr")
         shown = "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"
-        rows.append({"name": c["name"], "cells": [(m.format(c["metrics"].get(m.key)), judged(c["metrics"], m.key))
+        usable = c["verdict"]["status"] != "unusable"  # no number of a broken model is shown green
+        rows.append({"name": c["name"], "cells": [(m.format(c["metrics"].get(m.key)), judged(c["metrics"], m.key, usable))
                                                   for m in columns],
-                     "status": c["verdict"]["status"], "sqnr": (shown, judged(c["metrics"], "output_sqnr")),
+                     "status": c["verdict"]["status"], "sqnr": (shown, judged(c["metrics"], "output_sqnr", usable)),
                      "colour": colours.get(method_key(c))})
     return {"columns": columns, "rows": rows}
 
