@@ -339,6 +339,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from calibkit.distributed import check_backend
+
+    check_backend(args.ray, args.backend)
     _report_path(args)
     return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude))
 

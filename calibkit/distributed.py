@@ -48,6 +48,12 @@ LAYER_SHARD = 25
 SENSITIVITY_SHARD = 8
 
 
+def check_backend(address: str | None, backend: str) -> None:
+    """Refuse Ray with a GPU backend before any work: Ray tasks run on CPU workers."""
+    if address and backend != "ort-cpu":
+        raise CalibkitError(f"--ray runs its tasks on CPU workers, not on {backend}; drop --backend or --ray")
+
+
 def _ray():
     try:
         import ray
@@ -197,15 +203,10 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
                        backend: str = "ort-cpu", address: str = LOCAL) -> dict:
     """:func:`calibkit.compare.run.compare_models` split into Ray tasks of :data:`COMPARE_SHARD` images,
     then the per-layer pass in tasks of :data:`LAYER_SHARD` images; the parts merged in image order."""
-    from calibkit.compare.run import LAYER_IMAGES, comparison_document
-    from calibkit.compare.layers import plan_layers
+    from calibkit.compare.run import LAYER_IMAGES, comparison_document, layer_plan
 
-    if not candidates:
-        raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
-    requested = LAYER_IMAGES if layer_images is None else layer_images
-    drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
-    plan = plan_layers(reference, drift_models, preprocess) if requested and drift_models else None
-    layer_images = plan.images(min(requested, len(items))) if plan is not None else 0
+    _, plan, layer_images = layer_plan(reference, candidates, items, preprocess,
+                                       LAYER_IMAGES if layer_images is None else layer_images)
     paths = {str(p) for c in candidates for p in (c.model, c.drift_model, c.speed_model) if p is not None}
     models = {path: ModelFile.of(Path(path)) for path in paths}
     shared = (ModelFile.of(reference), models, list(candidates), preprocess)

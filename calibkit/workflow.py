@@ -30,7 +30,7 @@ from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
-from calibkit.distributed import sharded_statistics
+from calibkit.distributed import check_backend, sharded_statistics
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
@@ -227,9 +227,8 @@ def calibrate(
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     check_rounding(weight_rounding)
+    check_backend(ray, backend)
     require(backend, list(STATS_BATCH_SIZES))
-    if ray and backend != "ort-cpu":
-        raise CalibkitError("--ray runs the statistics pass on CPU workers; drop --backend or --ray")
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
@@ -380,6 +379,7 @@ def compare_and_report(
     from calibkit.report.html import write_report
 
     require(backend, ["ort-cpu", "ort-cuda"])
+    check_backend(ray, backend)
     unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
     if accuracy_budget is not None:
         task.check_budget_metric(budget_metric)

@@ -117,3 +117,14 @@ def test_a_bad_image_in_a_task_is_one_error_line_naming_its_shard(small_model, t
                      "--method", "minmax", "--samples", "0", "--ray", "--weight-rounding", "nearest",
                      "--no-bias-correction")
     assert_one_line_error(result, "statistics shard 0", "img_007.jpg")
+
+
+def test_ray_with_a_gpu_backend_is_refused_before_any_work(small_model, thirty_images, tmp_path):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    for command in (["calibrate", "--out", str(tmp_path / "run")], ["compare", "--candidates", "fp16", "--out",
+                                                                     str(tmp_path / "cmp")]):
+        result = run_cli(command[0], "--model", str(small_model), "--images", str(thirty_images), *command[1:],
+                         "--ray", "--backend", "ort-cuda")
+        assert_one_line_error(result, "--ray runs its tasks on CPU workers", "drop --backend or --ray")
+        assert not (tmp_path / "cmp").exists() and not list((tmp_path / "run").glob("*"))

@@ -107,11 +107,7 @@ def compare_models(
     one image at a time in tensor groups. ``layer_images=0`` skips it. The models run on ``backend``;
     the per-layer drift, which exposes every tensor, always runs on the CPU.
     """
-    if not candidates:
-        raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
-    drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
-    plan = plan_layers(reference, drift_models, preprocess) if layer_images and drift_models else None
-    layer_images = plan.images(min(layer_images, len(items))) if plan is not None else 0
+    drift_models, plan, layer_images = layer_plan(reference, candidates, items, preprocess, layer_images)
     inline = layer_images if layer_images and backend == "ort-cpu" and InlineLayerDrift.fits(plan) and all(
         c.drift_model in (None, c.model) for c in candidates) else 0
     started = time.perf_counter()
@@ -124,6 +120,17 @@ def compare_models(
         layers = layer_drift(reference, drift_models, part.kept[:layer_images], preprocess, plan)
     timings["layer_pass_s"] = time.perf_counter() - started
     return comparison_document(reference, candidates, part, layers, layer_images, preprocess, task, backend, timings)
+
+
+def layer_plan(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
+               layer_images: int) -> tuple[dict[str, Path], object, int]:
+    """What a comparison's per-layer pass covers: each candidate's drift model, the
+    :func:`~calibkit.compare.layers.plan_layers` plan (``None`` without one) and how many images it takes."""
+    if not candidates:
+        raise CalibkitError("nothing to compare: give at least one candidate (int8:RUN or fp16)")
+    drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
+    plan = plan_layers(reference, drift_models, preprocess) if layer_images and drift_models else None
+    return drift_models, plan, plan.images(min(layer_images, len(items))) if plan is not None else 0
 
 
 def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
