@@ -394,7 +394,7 @@ def compare_and_report(
     if accuracy_budget is not None:
         started = time.perf_counter()
         sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
-                                             Path(report).parent, sensitivity_images, budget_metric, ray)
+                                             Path(report).parent, sensitivity_images, budget_metric, ray, skip_bad)
         comparison["sensitivity"] = sensitivity
         comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
         if sensitivity["budget"]["models"]:
@@ -492,23 +492,28 @@ def peak_rss_gb() -> float:
 
 
 def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
-    """Every image preprocessed into memory (about 0.6 MB each at 224x224) for repeated scoring."""
+    """Every image preprocessed into memory (about 0.6 MB each at 224x224) for repeated scoring, decoded
+    when first used."""
     from calibkit.compare.sensitivity import ImageCache
     from calibkit.data.loader import iter_batches
 
-    batches = []
-    with progress(len(items), "decoding images into memory") as bar:
-        for batch in iter_batches(items, preprocess, 16, skip_bad=skip_bad):
-            batches.append(batch)
-            bar.update(len(batch.array))
-    return ImageCache(batches)
+    def decode() -> list:
+        batches = []
+        with progress(len(items), "decoding images into memory") as bar:
+            for batch in iter_batches(items, preprocess, 16, skip_bad=skip_bad):
+                batches.append(batch)
+                bar.update(len(batch.array))
+        return batches
+
+    return ImageCache(decode=decode)
 
 
 def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
                            candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
-                           sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None) -> dict:
+                           sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None,
+                           skip_bad: bool = False) -> dict:
     """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
-    ``budget`` on all images."""
+    ``budget`` on all images (the comparison's measurement of the fully quantized model is step 0)."""
     from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
     from calibkit.distributed import sharded_leave_one_out
 
@@ -523,10 +528,12 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     weights = run_weights(best.ranges.parent)
     started = time.perf_counter()
     rank = partial(sharded_leave_one_out, address=ray) if ray else None
-    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess), task, weights=weights, rank=rank)
+    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess, skip_bad), task, weights=weights,
+                                rank=rank)
     ranked_s = time.perf_counter() - started
-    fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess), task, [r["node"] for r in ranking],
-                                 budget, Path(out) / f"{best.calibrator}.mixed", metric=budget_metric, weights=weights)
+    fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess, skip_bad), task,
+                                 [r["node"] for r in ranking], budget, Path(out) / f"{best.calibrator}.mixed",
+                                 metric=budget_metric, weights=weights, measured=results[best.name]["metrics"])
     return {
         "name": f"int8 {best.calibrator} mixed",
         "calibrator": best.calibrator,

@@ -228,6 +228,12 @@ class TrtSession:
             self._cudart.cudaFree(pointer)
 
 
+# Session options that only ONNX Runtime has (memory arena, thread spinning, its Q/DQ rewrites): an engine
+# has no counterpart, so callers may pass them to every backend alike.
+ORT_ONLY_OPTIONS = ("arena", "spinning", "qdq_as_written")
+
+
 def load(model_path: Path, precision: str = "fp32", **options) -> TrtSession:
     """Build (or reuse) an engine for ``model_path`` and return a session on GPU 0."""
-    return TrtSession(Path(model_path), precision, **options)
+    build = {key: value for key, value in options.items() if key not in ORT_ONLY_OPTIONS}
+    return TrtSession(Path(model_path), precision, **build)

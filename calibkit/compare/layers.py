@@ -157,7 +157,7 @@ class InlineLayerDrift:
         self.reference = OrtSession(reference, ["CPUExecutionProvider"], expose=self.tensors, arena=False,
                                     spinning=False)
         self.sessions = {name: OrtSession(path, ["CPUExecutionProvider"], expose=self.exposed[name], arena=False,
-                                          spinning=False) for name, path in drift_models.items()}
+                                          spinning=False, qdq_as_written=True) for name, path in drift_models.items()}
         self.drifts = {name: {t: LayerDrift(t) for t in names} for name, names in plan.shared.items()}
 
     @staticmethod
@@ -235,7 +235,7 @@ def layer_drift(
         ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group, arena=False, spinning=False)
         exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
         sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name], arena=False,
-                                     spinning=False) for name in shared if exposed[name]}
+                                     spinning=False, qdq_as_written=True) for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)
             sums = {tensor: reference_sums_of(value) for tensor, value in ref_out.items()}

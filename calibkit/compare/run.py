@@ -141,7 +141,8 @@ def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequen
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
     inline = InlineLayerDrift(reference, drift_models, plan, inline_images) if inline_images else None
     ref_session = load(reference, "fp32", backend, arena=False, spinning=False)
-    sessions = {c.name: load(c.model, c.precision, backend, arena=False, spinning=False) for c in candidates}
+    sessions = {c.name: load(c.model, c.precision, backend, arena=False, spinning=False, qdq_as_written=True)
+                for c in candidates}
     outputs = ref_session.model_outputs
     part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
                        {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])

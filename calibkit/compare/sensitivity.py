@@ -32,15 +32,30 @@ from calibkit.tasks.base import Task
 SENSITIVE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-@dataclass
 class ImageCache:
-    """Preprocessed batches held in memory so the many re-quantized models see identical inputs fast."""
+    """Preprocessed batches held in memory so the many re-quantized models see identical inputs fast.
 
-    batches: list[Batch]
+    Give the ``batches``, or ``decode``, which makes them on first use: a budget that the comparison
+    already shows met then decodes nothing.
+    """
+
+    def __init__(self, batches: list[Batch] | None = None, decode: Callable[[], list[Batch]] | None = None) -> None:
+        if (batches is None) == (decode is None):
+            raise ValueError("ImageCache takes either batches or decode")
+        self._batches, self._decode = batches, decode
+
+    @property
+    def batches(self) -> list[Batch]:
+        if self._batches is None:
+            self._batches, self._decode = self._decode(), None
+        return self._batches
+
+    def __getstate__(self) -> dict:
+        return {"_batches": self.batches, "_decode": None}
 
     def outputs(self, model: Path, graph: onnx.ModelProto | None = None) -> list[dict[str, np.ndarray]]:
         """The model's outputs per cached batch (``graph``: the model held in memory, named ``model``)."""
-        session = OrtSession(model, ["CPUExecutionProvider"], model=graph)
+        session = OrtSession(model, ["CPUExecutionProvider"], model=graph, qdq_as_written=True)
         return [session.run(batch.array) for batch in self.batches]
 
 
@@ -114,20 +129,29 @@ class BudgetResult:
 
 def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
                         ranking: Sequence[str], budget: float, out_prefix: Path, max_float: int = 16,
-                        metric: str = "auto", weights: RefinedWeights | None = None) -> BudgetResult:
+                        metric: str = "auto", weights: RefinedWeights | None = None,
+                        measured: Mapping[str, float] | None = None) -> BudgetResult:
     """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``.
 
-    ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). Writes
-    ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k, unless k is 0.
+    ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). ``measured``
+    are the task metrics of the fully quantized model on these same images (the comparison's): step 0
+    takes them instead of a pass of its own. Writes ``<out_prefix>.qdq.onnx`` (TensorRT) and
+    ``<out_prefix>.ort.onnx`` for the chosen k, unless k is 0.
     """
     task.check_budget_metric(metric)
-    reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
     result = BudgetResult(budget, [])
+    steps = min(max_float, len(ranking)) + 1
+    if measured is not None:
+        lost, result.metric = task.budget_loss(measured, metric)
+        result.steps.append({"float_layers": 0, "loss": lost, "metrics": dict(measured)})
+        if lost <= budget:
+            result.met = True
+            return result
+    reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
         path = Path(tmp) / "q.onnx"
-        steps = min(max_float, len(ranking)) + 1
-        with progress(steps, "accuracy budget (layers in float)", unit="step") as bar:
-            for k in range(steps):
+        with progress(steps - len(result.steps), "accuracy budget (layers in float)", unit="step") as bar:
+            for k in range(len(result.steps), steps):
                 excluded = list(ranking[:k])
                 outputs = cache.outputs(export_qdq(model, ranges, path, excluded, weights=weights))
                 lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)

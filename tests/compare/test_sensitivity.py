@@ -87,3 +87,21 @@ def test_an_unknown_budget_metric_is_refused(small_model, setup, tmp_path):
     broken, cache, task, _ = setup
     with pytest.raises(CalibkitError, match="unknown budget metric 'f1'"):
         fit_accuracy_budget(small_model, broken, cache, task, ["fc"], 1.0, tmp_path / "c", metric="f1")
+
+
+def test_the_comparisons_measurement_is_step_zero_and_a_met_budget_decodes_nothing(small_model, setup, tmp_path):
+    broken, cache, task, _ = setup
+    ranking = [r["node"] for r in layer_sensitivity(small_model, broken, cache, task)]
+    fitted = fit_accuracy_budget(small_model, broken, cache, task, ranking, 0.0, tmp_path / "fit")
+    measured = fitted.steps[0]["metrics"]
+
+    def never() -> list:
+        raise AssertionError("a budget the comparison shows met must not decode images")
+
+    met = fit_accuracy_budget(small_model, broken, ImageCache(decode=never), task, ranking, 100.0, tmp_path / "met",
+                              measured=measured)
+    assert met.met and met.kept_float == [] and len(met.steps) == 1 and met.steps[0]["metrics"] == measured
+    resumed = fit_accuracy_budget(small_model, broken, cache, task, ranking, 0.0, tmp_path / "resumed",
+                                  measured=measured)
+    assert resumed.kept_float == fitted.kept_float
+    assert [s["loss"] for s in resumed.steps] == [s["loss"] for s in fitted.steps]
