@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -66,7 +66,8 @@ class OrtSession:
         except Exception as exc:
             raise CalibkitError(f"{model_path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})") from exc
         self.input_name = self._session.get_inputs()[0].name
-        batch_dim = self._session.get_inputs()[0].shape[0]
+        shape = self._session.get_inputs()[0].shape
+        batch_dim = shape[0] if shape else None
         self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self.output_names = [out.name for out in self._session.get_outputs()]
         self.model_outputs = model_outputs or self.output_names
@@ -103,21 +104,23 @@ class OrtSession:
         return lambda: self._session.run_with_iobinding(binding)
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Run ``batch``; a model with a fixed batch size gets it in chunks, the last one padded by
-        repeating its last image, and the padding is cut from outputs whose first axis is the batch."""
+        """Run ``batch``; a model with a fixed batch size gets it in chunks (:func:`pieces`), and the
+        padding is cut from outputs whose first axis is the batch."""
         names = list(outputs) if outputs is not None else self.model_outputs
         size = self.fixed_batch
         if size is None or len(batch) == size:
             return self._run(batch, names)
-        parts = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
-            values = self._run(chunk, names)
-            parts.append({k: v[:real] if v.ndim and v.shape[0] == size else v for k, v in values.items()})
+        parts = [unpadded(self._run(chunk, names), size, real) for chunk, real in pieces(batch, size)]
         return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One run on named inputs as they are (no chunking): for graphs cut out of a model."""
+        names = list(outputs) if outputs is not None else self.model_outputs
+        try:
+            values = self._session.run(names, dict(feeds))
+        except Exception as exc:
+            raise CalibkitError(f"{self.model_path}: inference failed ({str(exc).splitlines()[0][:200]})") from exc
+        return dict(zip(names, values))
 
     def _run(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         try:
@@ -128,6 +131,25 @@ class OrtSession:
                 f"({str(exc).splitlines()[0][:200]}); check --size and the preprocessing against the model input"
             ) from exc
         return dict(zip(names, values))
+
+
+def pieces(batch: np.ndarray, size: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """``batch`` as a model takes it: whole where its batch size is free, else chunks of ``size`` images,
+    the last one padded by repeating its last image; each with its count of real images."""
+    if size is None:
+        yield batch, len(batch)
+        return
+    for start in range(0, len(batch), size):
+        chunk = batch[start : start + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
+        yield chunk, real
+
+
+def unpadded(values: Mapping[str, np.ndarray], size: int | None, real: int) -> dict[str, np.ndarray]:
+    """``values`` of a padded chunk without the padding, cut from the tensors whose first axis is the batch."""
+    return {k: v[:real] if size and v.ndim and v.shape[0] == size else v for k, v in values.items()}
 
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

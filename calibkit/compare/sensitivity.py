@@ -1,9 +1,10 @@
 """Which layers cost the accuracy, and the fewest to keep in float to meet an accuracy budget.
 
 Sensitivity is leave-one-out: the model is quantized with every quantizable node but one (the
-quantized graph rewired in memory, :mod:`calibkit.artifacts.qdq_edit`), and the node's score is how much
-that lowers the output drift (the task's smooth distance: mean KL of softmax for classifiers, relative
-output noise otherwise) on a subset of images. The budget search then keeps the most sensitive nodes in
+quantized graph rewired in memory, :mod:`calibkit.artifacts.qdq_edit`, and run only from where it
+differs, :mod:`calibkit.compare.suffix`), and the node's score is how much that lowers the output drift
+(the task's smooth distance: mean KL of softmax for classifiers, relative output noise otherwise) on a
+subset of images. The budget search then keeps the most sensitive nodes in
 float, one more at a time, until the task's loss (top-1 drop or agreement loss, 1 - F1, CER, ...) is
 within the budget on all images.
 """
@@ -24,8 +25,10 @@ from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
+from calibkit.compare.suffix import Suffix, SuffixRunner, suffix_groups, suffix_of, tensor_types
 from calibkit.data.loader import Batch
 from calibkit.normalize import normalized_model
+from calibkit.onnx_model import activation_bytes
 from calibkit.progress import progress
 from calibkit.tasks.base import Task
 
@@ -93,7 +96,8 @@ def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: Ima
 def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
                   nodes: Sequence[str], weights: RefinedWeights | None = None) -> list[dict]:
     """For each of ``nodes``, in order, the drift with that node alone in float and its gain over the
-    fully quantized model's drift."""
+    fully quantized model's drift. Each variant runs from the first tensors it changes, on the fully
+    quantized model's values (:mod:`calibkit.compare.suffix`)."""
     reference = joined(cache.outputs(model))
     float_model = normalized_model(model).model
     quantized_names = quantized_nodes(float_model)
@@ -101,18 +105,29 @@ def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCa
         path = Path(tmp) / "q.onnx"
         quantized = onnx.load(str(export_qdq(model, ranges, path, weights=weights)))
         base = task.drift(reference, joined(cache.outputs(path, quantized)))
-        rows = []
+        types = tensor_types(quantized)
+        first = cache.batches[0].array
+        sizes = activation_bytes(quantized, (1, *first.shape[1:]))
+        fixed = quantized.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+        per_run = min(fixed, len(first)) if fixed > 0 else len(first)  # images per base run
+
+        def suffix(node: str) -> Suffix:
+            variant = with_node_in_float(quantized, float_model, node, quantized_names)
+            if variant is None:
+                variant = onnx.load(str(export_qdq(model, ranges, Path(tmp) / "variant.onnx", [node], weights=weights)))
+            return suffix_of(quantized, variant, types)
+
+        drifts: dict[str, float] = {}
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
-            for node in nodes:
-                variant = with_node_in_float(quantized, float_model, node, quantized_names)
-                if variant is None:
-                    outputs = cache.outputs(export_qdq(model, ranges, path, [node], weights=weights))
-                else:
-                    outputs = cache.outputs(path, variant)
-                drift = task.drift(reference, joined(outputs))
-                rows.append({"node": node, "drift": drift, "drift_gain": base - drift})
-                bar.update(1)
-    return rows
+            for group in suffix_groups(nodes, suffix, sizes, per_run):
+                runner = SuffixRunner(quantized, path, group)
+                outputs: dict[str, list] = {node: [] for node in group}
+                for batch in cache.batches:
+                    for node, values in runner.run(batch.array).items():
+                        outputs[node].append(values)
+                drifts.update({node: task.drift(reference, joined(outputs[node])) for node in group})
+                bar.update(len(group))
+    return [{"node": node, "drift": drifts[node], "drift_gain": base - drifts[node]} for node in nodes]
 
 
 @dataclass

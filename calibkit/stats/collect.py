@@ -157,7 +157,8 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     # activations would pass INFLIGHT_BYTES (none for PP-PicoDet: each result is folded as it comes).
     # One inference at a time on single images measured fastest: the activations of one image stay in
     # cache for the histograms.
-    per_batch = sum(activation_bytes(model, (batch_size, *preprocess.input_shape())).get(n, 0) for n in measured)
+    sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
+    per_batch = sum(sizes.get(n, 0) for n in measured)
     depth = 0 if on_gpu else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
     with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
         queued: deque[tuple[list[ImageItem], Future]] = deque()
