@@ -6,7 +6,8 @@ read from the JSON it writes); the floors are measured in this same run, on the 
 
 * decode: every image decoded and preprocessed once (the loader's thread pool, as the commands use it);
 * inference: one ONNX Runtime pass per model over the preprocessed images (batch 1 for the statistics
-  pass, which runs one image at a time; the comparison's batch size otherwise).
+  pass, which runs one image at a time; the comparison's batch size otherwise). The sensitivity floor
+  is one whole pass per ranked layer, although each variant now runs only from where it differs.
 
 Prints one table: stage, wall s, floor s, ratio, target. No timing is asserted anywhere.
 """
@@ -56,8 +57,9 @@ def decode_floor(items: list[ImageItem], spec, batch_size: int) -> tuple[float, 
 
 
 def inference_floor(model: Path, batches: list) -> float:
-    """Seconds of one plain ONNX Runtime pass of ``model`` over preprocessed ``batches`` (after a warm-up)."""
-    session = OrtSession(model, ["CPUExecutionProvider"])
+    """Seconds of one plain ONNX Runtime pass of ``model`` over preprocessed ``batches`` (after a warm-up);
+    a Q/DQ model runs as written, as the comparison and the sensitivity ranking run it."""
+    session = OrtSession(model, ["CPUExecutionProvider"], qdq_as_written=True)
     session.run(batches[0])
     start = time.perf_counter()
     for batch in batches:

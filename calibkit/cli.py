@@ -210,8 +210,10 @@ def _summarise(result: dict, report: Path) -> None:
         budget = sens["budget"]
         top = ", ".join(r["node"] for r in sens["ranking"][:3])
         lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
-        lines.append(f"  budget {budget['budget']} {budget['metric']} points {'met' if budget['met'] else 'NOT met'} "
-                     f"with {len(budget['kept_float'])} layer(s) in float: {points_text(budget['steps'][-1]['loss'])}")
+        chosen = budget["steps"][len(budget["kept_float"])]
+        outcome = "met" if budget["met"] else f"NOT met by up to {budget['steps'][-1]['float_layers']} layers; closest"
+        lines.append(f"  budget {budget['budget']} {budget['metric']} points {outcome} "
+                     f"with {chosen['float_layers']} layer(s) in float: {points_text(chosen['loss'])}")
     for c in comparison["candidates"]:
         shown = [f"{m.key} {m.format(c['metrics'].get(m.key))}" for m in metrics
                  if c["metrics"].get(m.key) is not None][:4]

@@ -17,7 +17,7 @@ quantization), the edit is refused (``None``) and the caller quantizes again.
 
 from __future__ import annotations
 
-from typing import AbstractSet
+from typing import AbstractSet, Sequence
 
 import onnx
 
@@ -66,6 +66,19 @@ def with_node_in_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto,
                 if node.input[index] not in have:
                     graph.initializer.append(float_inits[node.input[index]])
     _drop_unread_qdq(graph)
+    return edited
+
+
+def with_nodes_in_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto, node_names: Sequence[str],
+                        quantized_nodes: AbstractSet[str]) -> onnx.ModelProto | None:
+    """:func:`with_node_in_float` for several nodes, one after another: each edit sees the ones before it
+    as float nodes, so the result is the graph that quantizing with all of them excluded writes."""
+    edited, left = quantized, set(quantized_nodes)
+    for name in node_names:
+        edited = with_node_in_float(edited, float_model, name, left)
+        if edited is None:
+            return None
+        left.discard(name)
     return edited
 
 

@@ -21,7 +21,7 @@ import onnx
 
 from calibkit.artifacts.placement import quantized_nodes
 from calibkit.artifacts.qdq import export_qdq
-from calibkit.artifacts.qdq_edit import with_node_in_float
+from calibkit.artifacts.qdq_edit import with_node_in_float, with_nodes_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
@@ -146,7 +146,8 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
                         ranking: Sequence[str], budget: float, out_prefix: Path, max_float: int = 16,
                         metric: str = "auto", weights: RefinedWeights | None = None,
                         measured: Mapping[str, float] | None = None) -> BudgetResult:
-    """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``.
+    """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``
+    (when no k up to ``max_float`` meets it, the k whose loss came closest).
 
     ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). ``measured``
     are the task metrics of the fully quantized model on these same images (the comparison's): step 0
@@ -163,22 +164,29 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
             result.met = True
             return result
     reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
+    float_model = normalized_model(model).model
+    quantized_names = quantized_nodes(float_model)
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
         path = Path(tmp) / "q.onnx"
+        quantized = onnx.load(str(export_qdq(model, ranges, path, weights=weights)))
         with progress(steps - len(result.steps), "accuracy budget (layers in float)", unit="step") as bar:
             for k in range(len(result.steps), steps):
                 excluded = list(ranking[:k])
-                outputs = cache.outputs(export_qdq(model, ranges, path, excluded, weights=weights))
+                edited = with_nodes_in_float(quantized, float_model, excluded, quantized_names)
+                if edited is None:
+                    edited = onnx.load(str(export_qdq(model, ranges, path, excluded, weights=weights)))
+                outputs = cache.outputs(path, edited)
                 lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
                 result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
                 bar.update(1)
                 if lost <= budget:
                     result.kept_float, result.met = excluded, True
                     break
-            else:
-                result.kept_float = list(ranking[: steps - 1])
+            else:  # not met: keep the step that came closest (the fewest layers among equals)
+                closest = min(result.steps, key=lambda step: (step["loss"], step["float_layers"]))
+                result.kept_float = list(ranking[: closest["float_layers"]])
     if not result.kept_float:
-        return result  # the budget holds fully quantized: the plain INT8 models are the answer
+        return result  # fully quantized meets the budget, or comes closest: the plain INT8 models answer
     for target, suffix in (("tensorrt", ".qdq.onnx"), ("onnxruntime", ".ort.onnx")):
         written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), result.kept_float, target, weights=weights)
         result.models[target] = str(written)

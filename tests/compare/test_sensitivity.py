@@ -105,3 +105,14 @@ def test_the_comparisons_measurement_is_step_zero_and_a_met_budget_decodes_nothi
                                   measured=measured)
     assert resumed.kept_float == fitted.kept_float
     assert [s["loss"] for s in resumed.steps] == [s["loss"] for s in fitted.steps]
+
+
+def test_an_unreachable_budget_keeps_the_step_that_came_closest(small_model, setup, tmp_path):
+    broken, cache, task, _ = setup
+    ranking = [r["node"] for r in layer_sensitivity(small_model, broken, cache, task)]
+    result = fit_accuracy_budget(small_model, broken, cache, task, ranking, -1000.0, tmp_path / "never", max_float=3)
+    assert not result.met and [s["float_layers"] for s in result.steps] == [0, 1, 2, 3]
+    closest = min(result.steps, key=lambda s: (s["loss"], s["float_layers"]))
+    assert result.kept_float == ranking[: closest["float_layers"]]
+    assert closest["loss"] < result.steps[0]["loss"], "the broken fc in float must come closer than all INT8"
+    assert set(result.models) == {"tensorrt", "onnxruntime"}
