@@ -4,9 +4,9 @@ Sensitivity is leave-one-out: the model is quantized with every quantizable node
 quantized graph rewired in memory, :mod:`calibkit.artifacts.qdq_edit`, and run only from where it
 differs, :mod:`calibkit.compare.suffix`), and the node's score is how much that lowers the output drift
 (the task's smooth distance: mean KL of softmax for classifiers, relative output noise otherwise) on a
-subset of images. The budget search then keeps the most sensitive nodes in
-float, one more at a time, until the task's loss (top-1 drop or agreement loss, 1 - F1, CER, ...) is
-within the budget on all images.
+subset of images. The budget search then keeps the most sensitive nodes in float, one more at a time,
+until the task's loss (top-1 drop or agreement loss, 1 - F1, CER, ...) is within the budget on all
+images.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCa
         def suffix(node: str) -> Suffix:
             variant = with_node_in_float(quantized, float_model, node, quantized_names)
             if variant is None:
-                variant = onnx.load(str(export_qdq(model, ranges, Path(tmp) / "variant.onnx", [node], weights=weights)))
+                written = export_qdq(model, ranges, Path(tmp) / "variant.onnx", [node], weights=weights)
+                variant = onnx.load(str(written))
             return suffix_of(quantized, variant, types)
 
         drifts: dict[str, float] = {}

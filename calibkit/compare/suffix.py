@@ -51,8 +51,9 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 def suffix_of(base: onnx.ModelProto, variant: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]) -> Suffix:
     """The nodes of ``variant`` that differ from ``base`` (matched by their outputs; reading a constant
-    that differs counts) and every node they feed, as a model of its own. ``types`` gives each base tensor's type (from shape inference), for
-    the suffix's inputs. A variant with control flow (subgraphs read outer tensors) stays whole."""
+    that differs counts) and every node they feed, as a model of its own. ``types`` gives each base
+    tensor's type (from shape inference), for the suffix's inputs. A variant with control flow
+    (subgraphs read outer tensors) stays whole."""
     known = {tuple(node.output): node.SerializeToString(deterministic=True) for node in base.graph.node}
     if any(_has_subgraph(node) for node in variant.graph.node):
         return Suffix(variant, [i.name for i in variant.graph.input], [])
