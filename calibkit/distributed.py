@@ -240,18 +240,19 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
     return comparison_document(reference, candidates, merged, layers, layer_images, preprocess, task, backend, timings)
 
 
-def _sensitivity_task(model: ModelFile, ranges, cache, task, weights, nodes):
+def _sensitivity_task(model: ModelFile, ranges, cache, task, weights, exclude, nodes):
     from calibkit.compare.sensitivity import leave_one_out
 
-    return leave_one_out(model.path(), ranges, cache, task, nodes, weights)
+    return leave_one_out(model.path(), ranges, cache, task, nodes, weights, exclude)
 
 
 def sharded_leave_one_out(model: Path, ranges, cache, task, nodes: Sequence[str], weights=None,
-                          address: str = LOCAL) -> list[dict]:
+                          exclude: Sequence[str] = (), address: str = LOCAL) -> list[dict]:
     """:func:`calibkit.compare.sensitivity.leave_one_out` in Ray tasks of :data:`SENSITIVITY_SHARD` layers."""
     groups = [list(nodes[i:i + SENSITIVITY_SHARD]) for i in range(0, len(nodes), SENSITIVITY_SHARD)]
     with connect(address):
-        found = run_tasks(_sensitivity_task, (ModelFile.of(model), ranges, cache, task, weights), groups,
+        shared = (ModelFile.of(model), ranges, cache, task, weights, tuple(exclude))
+        found = run_tasks(_sensitivity_task, shared, groups,
                           lambda i: f"sensitivity shard {i} ({groups[i][0]} .. {groups[i][-1]})",
                           f"layer sensitivity ({len(groups)} Ray tasks)", [len(g) for g in groups])
     return [row for rows in found for row in rows]

@@ -95,6 +95,12 @@ def check_run_matches(model: Path, run_dir: Path) -> None:
     check_made_from(model, json.loads(summary.read_text(encoding="utf-8")).get("model_sha256"), run_dir, "run")
 
 
+def run_exclusions(run_dir: Path) -> list[str]:
+    """The ``--exclude`` patterns a run's Q/DQ models were exported with (none for runs that predate the
+    record)."""
+    return json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8")).get("exclude", [])
+
+
 def method_label(text: str) -> str:
     """``percentile:99.99`` or ``percentile-99.99`` -> ``percentile-99.99`` (the run's file label)."""
     try:
@@ -120,13 +126,14 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     candidates = []
     source = run_graph(model, run_dir)
     weights = run_weights(run_dir)
+    kept_float = tuple(dict.fromkeys([*run_exclusions(run_dir), *exclude]))
     for label in chosen:
         paths = qdq_paths(run_dir, label)
         if exclude or not all(p.is_file() for p in paths.values()):
             ranges, _ = read_ranges(run_dir / f"{label}.json")
-            paths = export_targets(source, out, label, ranges, exclude, weights)
+            paths = export_targets(source, out, label, ranges, kept_float, weights)
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
-                                    paths["onnxruntime"], label, run_dir / f"{label}.json", source))
+                                    paths["onnxruntime"], label, run_dir / f"{label}.json", source, kept_float))
     return candidates
 
 
@@ -300,8 +307,8 @@ def calibrate(
         enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
     timings["export_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - began
-    summary = {"model": str(model), "methods": list(calibrators), "timings": timings, **stats.provenance,
-               "coverage": coverage, "sufficiency": enough}
+    summary = {"model": str(model), "methods": list(calibrators), "exclude": list(exclude), "timings": timings,
+               **stats.provenance, "coverage": coverage, "sufficiency": enough}
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
 
@@ -513,7 +520,8 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
                            sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None,
                            skip_bad: bool = False) -> dict:
     """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
-    ``budget`` on all images (the comparison's measurement of the fully quantized model is step 0)."""
+    ``budget`` on all images (the comparison's measurement of that candidate is step 0). Layers the
+    candidate keeps in float (``--exclude``) stay float in every variant and are not ranked."""
     from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
     from calibkit.distributed import sharded_leave_one_out
 
@@ -529,11 +537,12 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     started = time.perf_counter()
     rank = partial(sharded_leave_one_out, address=ray) if ray else None
     ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess, skip_bad), task, weights=weights,
-                                rank=rank)
+                                rank=rank, exclude=best.exclude)
     ranked_s = time.perf_counter() - started
     fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess, skip_bad), task,
                                  [r["node"] for r in ranking], budget, Path(out) / f"{best.calibrator}.mixed",
-                                 metric=budget_metric, weights=weights, measured=results[best.name]["metrics"])
+                                 metric=budget_metric, weights=weights, measured=results[best.name]["metrics"],
+                                 exclude=best.exclude)
     return {
         "name": f"int8 {best.calibrator} mixed",
         "calibrator": best.calibrator,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from calibkit.cli import main
@@ -552,3 +553,20 @@ def test_bench_times_every_precision_side_by_side_with_p90_and_a_noise_verdict(s
             assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
     assert "noisy" in result.stdout.splitlines()[0]
     assert "timed on" in result.stderr and "CPUs usable" in result.stderr and "intra-op" in result.stderr
+
+
+def test_compare_exclusions_add_to_the_runs_own_and_sensitivity_keeps_both_in_float(small_model, image_folder,
+                                                                                      tmp_path):
+    run, out = tmp_path / "run", tmp_path / "compare"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0", "--exclude", "fc"]) == 0
+    assert json.loads((run / "summary.json").read_text())["exclude"] == ["fc"]
+    assert main(["compare", "--model", str(small_model), "--images", str(image_folder), "--no-bench", "--candidates",
+                 f"int8:{run}", "--exclude", "conv2", "--accuracy-budget", "-100", "--budget-metric", "agreement",
+                 "--out", str(out)]) in (0, 3)
+    weight_input = {"conv2": "w2", "fc": "wf"}
+    for node in onnx.load(str(out / "minmax.qdq.onnx")).graph.node:
+        if node.name in weight_input:
+            assert node.input[1] == weight_input[node.name], f"{node.name} must stay float"
+    ranked = {r["node"] for r in json.loads((out / "report.json").read_text())["comparison"]["sensitivity"]["ranking"]}
+    assert ranked == {"conv1", "conv3"}, "layers kept in float are not ranked"

@@ -37,8 +37,8 @@ LAYER_IMAGES = 50
 @dataclass
 class Candidate:
     """A model to compare against the reference: ``model`` for accuracy and drift, ``speed_model`` for
-    timing where it differs; an INT8 candidate also names its calibrator, its ranges file and ``source``,
-    the FP32 graph it was quantized from."""
+    timing where it differs; an INT8 candidate also names its calibrator, its ranges file, ``source``, the
+    FP32 graph it was quantized from, and ``exclude``, the node patterns its Q/DQ model keeps in float."""
 
     name: str
     precision: str
@@ -48,6 +48,7 @@ class Candidate:
     calibrator: str | None = None
     ranges: Path | None = None
     source: Path | None = None
+    exclude: tuple[str, ...] = ()
 
 
 def output_metrics(drifts: Sequence[LayerDrift]) -> dict[str, float]:

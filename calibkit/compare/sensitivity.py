@@ -20,15 +20,15 @@ import numpy as np
 import onnx
 
 from calibkit.artifacts.placement import quantized_nodes
-from calibkit.artifacts.qdq import export_qdq
+from calibkit.artifacts.qdq import export_qdq, resolve_exclusions
 from calibkit.artifacts.qdq_edit import with_node_in_float, with_nodes_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
-from calibkit.compare.suffix import Suffix, SuffixRunner, suffix_groups, suffix_of, tensor_types
+from calibkit.compare.suffix import Base, Suffix, SuffixRunner, suffix_groups, suffix_of
 from calibkit.data.loader import Batch
 from calibkit.normalize import normalized_model
-from calibkit.onnx_model import activation_bytes
+from calibkit.onnx_model import activation_bytes, image_input
 from calibkit.progress import progress
 from calibkit.tasks.base import Task
 
@@ -82,46 +82,55 @@ def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> l
     return [node.name for node in normalized_model(model_path).model.graph.node if node.op_type in ops]
 
 
+def quantized_in(float_model: onnx.ModelProto, exclude: Sequence[str] = ()) -> set[str]:
+    """Names of the nodes a Q/DQ export of ``float_model`` with ``exclude`` kept in float quantizes."""
+    return quantized_nodes(float_model) - set(resolve_exclusions(float_model, exclude))
+
+
 def layer_sensitivity(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
                       nodes: Sequence[str] | None = None, weights: RefinedWeights | None = None,
-                      rank: Callable[..., list[dict]] | None = None) -> list[dict]:
+                      rank: Callable[..., list[dict]] | None = None, exclude: Sequence[str] = ()) -> list[dict]:
     """Leave-one-out ranking, most sensitive first: ``{node, drift, drift_gain}`` per node, with the run's
-    ``weights`` in every quantized layer. ``rank`` computes the rows (default :func:`leave_one_out`; a
-    split over processes, :func:`calibkit.distributed.sharded_leave_one_out`, gives the same rows)."""
-    nodes = list(nodes) if nodes is not None else quantizable_nodes(model)
-    rows = (rank or leave_one_out)(model, ranges, cache, task, nodes, weights)
+    ``weights`` in every quantized layer and the nodes matched by ``exclude`` in float throughout (and
+    not ranked). ``rank`` computes the rows (default :func:`leave_one_out`; a split over processes,
+    :func:`calibkit.distributed.sharded_leave_one_out`, gives the same rows)."""
+    if nodes is None:
+        kept_float = set(resolve_exclusions(normalized_model(model).model, exclude))
+        nodes = [node for node in quantizable_nodes(model) if node not in kept_float]
+    rows = (rank or leave_one_out)(model, ranges, cache, task, list(nodes), weights, exclude)
     return sorted(rows, key=lambda r: r["drift_gain"], reverse=True)
 
 
 def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
-                  nodes: Sequence[str], weights: RefinedWeights | None = None) -> list[dict]:
-    """For each of ``nodes``, in order, the drift with that node alone in float and its gain over the
-    fully quantized model's drift. Each variant runs from the first tensors it changes, on the fully
-    quantized model's values (:mod:`calibkit.compare.suffix`)."""
+                  nodes: Sequence[str], weights: RefinedWeights | None = None,
+                  exclude: Sequence[str] = ()) -> list[dict]:
+    """For each of ``nodes``, in order, the drift with that node alone in float (besides ``exclude``) and
+    its gain over the drift of the model quantized without ``exclude``. Each variant runs from the first
+    tensors it changes, on that model's values (:mod:`calibkit.compare.suffix`)."""
     reference = joined(cache.outputs(model))
     float_model = normalized_model(model).model
-    quantized_names = quantized_nodes(float_model)
+    quantized_names = quantized_in(float_model, exclude)
     with tempfile.TemporaryDirectory(prefix="calibkit-sens-") as tmp:
         path = Path(tmp) / "q.onnx"
-        quantized = onnx.load(str(export_qdq(model, ranges, path, weights=weights)))
+        quantized = onnx.load(str(export_qdq(model, ranges, path, exclude, weights=weights)))
         base = task.drift(reference, joined(cache.outputs(path, quantized)))
-        types = tensor_types(quantized)
+        indexed = Base.of(quantized)
         first = cache.batches[0].array
         sizes = activation_bytes(quantized, (1, *first.shape[1:]))
-        fixed = quantized.graph.input[0].type.tensor_type.shape.dim[0].dim_value
-        per_run = min(fixed, len(first)) if fixed > 0 else len(first)  # images per base run
+        fixed = image_input(quantized, model).batch
+        per_run = min(fixed, len(first)) if fixed else len(first)  # images per base run
 
         def suffix(node: str) -> Suffix:
             variant = with_node_in_float(quantized, float_model, node, quantized_names)
             if variant is None:
-                written = export_qdq(model, ranges, Path(tmp) / "variant.onnx", [node], weights=weights)
+                written = export_qdq(model, ranges, Path(tmp) / "variant.onnx", [*exclude, node], weights=weights)
                 variant = onnx.load(str(written))
-            return suffix_of(quantized, variant, types)
+            return suffix_of(indexed, variant)
 
         drifts: dict[str, float] = {}
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
             for group in suffix_groups(nodes, suffix, sizes, per_run):
-                runner = SuffixRunner(quantized, path, group)
+                runner = SuffixRunner(indexed, path, group)
                 outputs: dict[str, list] = {node: [] for node in group}
                 for batch in cache.batches:
                     for node, values in runner.run(batch.array).items():
@@ -146,14 +155,15 @@ class BudgetResult:
 def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCache, task: Task,
                         ranking: Sequence[str], budget: float, out_prefix: Path, max_float: int = 16,
                         metric: str = "auto", weights: RefinedWeights | None = None,
-                        measured: Mapping[str, float] | None = None) -> BudgetResult:
+                        measured: Mapping[str, float] | None = None, exclude: Sequence[str] = ()) -> BudgetResult:
     """Keep the first k of ``ranking`` in float for k = 0, 1, ... until the task's loss is within ``budget``
     (when no k up to ``max_float`` meets it, the k whose loss came closest).
 
     ``metric`` is passed to the task (classification: ``top1``, ``agreement`` or ``auto``). ``measured``
     are the task metrics of the fully quantized model on these same images (the comparison's): step 0
-    takes them instead of a pass of its own. Writes ``<out_prefix>.qdq.onnx`` (TensorRT) and
-    ``<out_prefix>.ort.onnx`` for the chosen k, unless k is 0.
+    takes them instead of a pass of its own. The nodes ``exclude`` matches are float at every step.
+    Writes ``<out_prefix>.qdq.onnx`` (TensorRT) and ``<out_prefix>.ort.onnx`` for the chosen k, unless k
+    is 0.
     """
     task.check_budget_metric(metric)
     result = BudgetResult(budget, [])
@@ -166,16 +176,16 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
             return result
     reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
     float_model = normalized_model(model).model
-    quantized_names = quantized_nodes(float_model)
+    quantized_names = quantized_in(float_model, exclude)
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
         path = Path(tmp) / "q.onnx"
-        quantized = onnx.load(str(export_qdq(model, ranges, path, weights=weights)))
+        quantized = onnx.load(str(export_qdq(model, ranges, path, exclude, weights=weights)))
         with progress(steps - len(result.steps), "accuracy budget (layers in float)", unit="step") as bar:
             for k in range(len(result.steps), steps):
                 excluded = list(ranking[:k])
                 edited = with_nodes_in_float(quantized, float_model, excluded, quantized_names)
                 if edited is None:
-                    edited = onnx.load(str(export_qdq(model, ranges, path, excluded, weights=weights)))
+                    edited = onnx.load(str(export_qdq(model, ranges, path, [*exclude, *excluded], weights=weights)))
                 outputs = cache.outputs(path, edited)
                 lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
                 result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
@@ -189,6 +199,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
     if not result.kept_float:
         return result  # fully quantized meets the budget, or comes closest: the plain INT8 models answer
     for target, suffix in (("tensorrt", ".qdq.onnx"), ("onnxruntime", ".ort.onnx")):
-        written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), result.kept_float, target, weights=weights)
+        written = export_qdq(model, ranges, Path(f"{out_prefix}{suffix}"), [*exclude, *result.kept_float], target,
+                             weights=weights)
         result.models[target] = str(written)
     return result

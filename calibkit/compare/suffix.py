@@ -45,28 +45,43 @@ class Suffix:
         return 4 * sum(math.prod(init.dims) for init in self.model.graph.initializer)
 
 
+@dataclass
+class Base:
+    """The graph every variant is cut against, indexed once: its tensors' types (from shape inference,
+    for the suffixes' inputs) and the serialized form of each node (keyed by its outputs) and constant."""
+
+    model: onnx.ModelProto
+    types: dict[str, onnx.TypeProto]
+    nodes: dict[tuple[str, ...], bytes]
+    initializers: dict[str, bytes]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "Base":
+        return cls(model, tensor_types(model),
+                   {tuple(node.output): node.SerializeToString(deterministic=True) for node in model.graph.node},
+                   {init.name: init.SerializeToString() for init in model.graph.initializer})
+
+
 def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
-def suffix_of(base: onnx.ModelProto, variant: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]) -> Suffix:
+def suffix_of(base: Base, variant: onnx.ModelProto) -> Suffix:
     """The nodes of ``variant`` that differ from ``base`` (matched by their outputs; reading a constant
-    that differs counts) and every node they feed, as a model of its own. ``types`` gives each base
-    tensor's type (from shape inference), for the suffix's inputs. A variant with control flow
+    that differs counts) and every node they feed, as a model of its own. A variant with control flow
     (subgraphs read outer tensors) stays whole."""
-    known = {tuple(node.output): node.SerializeToString(deterministic=True) for node in base.graph.node}
     if any(_has_subgraph(node) for node in variant.graph.node):
         return Suffix(variant, [i.name for i in variant.graph.input], [])
     initializers = {init.name: init for init in variant.graph.initializer}
-    before = {init.name: init.SerializeToString() for init in base.graph.initializer}
-    rewritten = {name for name, init in initializers.items() if before.get(name, b"") != init.SerializeToString()}
+    rewritten = {name for name, init in initializers.items()
+                 if base.initializers.get(name, b"") != init.SerializeToString()}
     constant = set(initializers)  # initializers, and what nodes compute from them alone (weight DQs)
     for node in variant.graph.node:
         if all(not name or name in constant for name in node.input):
             constant.update(node.output)
     kept, produced = set(), set()
     for index, node in enumerate(variant.graph.node):
-        changed = known.get(tuple(node.output)) != node.SerializeToString(deterministic=True)
+        changed = base.nodes.get(tuple(node.output)) != node.SerializeToString(deterministic=True)
         if changed or any(name in produced or name in rewritten for name in node.input):
             kept.add(index)
             produced.update(node.output)
@@ -82,14 +97,14 @@ def suffix_of(base: onnx.ModelProto, variant: onnx.ModelProto, types: Mapping[st
     nodes = [node for index, node in enumerate(variant.graph.node) if index in kept]
     inputs = list(dict.fromkeys(name for node in nodes for name in node.input
                                 if name and name not in produced and name not in initializers))
-    if any(name not in types for name in inputs):
+    if any(name not in base.types for name in inputs):
         return Suffix(variant, [i.name for i in variant.graph.input], [])
     outputs = [out for out in variant.graph.output if out.name in produced]
     reused = [out.name for out in variant.graph.output if out.name not in produced]
     read = {name for node in nodes for name in node.input}
     graph = helper.make_graph(
         nodes, f"{variant.graph.name}_suffix",
-        [onnx.ValueInfoProto(name=name, type=types[name]) for name in inputs],
+        [onnx.ValueInfoProto(name=name, type=base.types[name]) for name in inputs],
         outputs, [initializers[name] for name in initializers if name in read],
     )
     model = helper.make_model(graph, opset_imports=variant.opset_import, ir_version=variant.ir_version)
@@ -130,12 +145,12 @@ class SuffixRunner:
     """The outputs of a group of variants of ``base`` from one base run per batch and each variant's
     suffix; ``name`` names the base model in messages."""
 
-    def __init__(self, base: onnx.ModelProto, name: Path, suffixes: Mapping[str, Suffix]) -> None:
+    def __init__(self, base: Base, name: Path, suffixes: Mapping[str, Suffix]) -> None:
         self.suffixes = dict(suffixes)
         self.exposed = list(dict.fromkeys(t for s in self.suffixes.values() for t in s.inputs + s.reused))
         # Many sessions take turns on the cores here: idle workers sleep rather than spin against the next.
         options = {"arena": False, "spinning": False, "qdq_as_written": True}
-        self.base = OrtSession(name, ["CPUExecutionProvider"], expose=self.exposed, model=base, **options)
+        self.base = OrtSession(name, ["CPUExecutionProvider"], expose=self.exposed, model=base.model, **options)
         self.sessions = {key: OrtSession(name, ["CPUExecutionProvider"], model=s.model, **options)
                          for key, s in self.suffixes.items() if s.model.graph.node}
 

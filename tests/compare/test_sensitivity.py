@@ -116,3 +116,16 @@ def test_an_unreachable_budget_keeps_the_step_that_came_closest(small_model, set
     assert result.kept_float == ranking[: closest["float_layers"]]
     assert closest["loss"] < result.steps[0]["loss"], "the broken fc in float must come closer than all INT8"
     assert set(result.models) == {"tensorrt", "onnxruntime"}
+
+
+def test_excluded_layers_stay_float_in_every_variant_and_are_not_ranked(small_model, setup, tmp_path):
+    broken, cache, task, _ = setup
+    rows = layer_sensitivity(small_model, broken, cache, task, exclude=["conv2"])
+    assert {r["node"] for r in rows} == {"conv1", "conv3", "fc"}
+    result = fit_accuracy_budget(small_model, broken, cache, task, [r["node"] for r in rows], -1000.0,
+                                 tmp_path / "kept", max_float=3, exclude=["conv2"])
+    assert result.kept_float and "conv2" not in result.kept_float
+    graph = onnx.load(result.models["tensorrt"]).graph
+    weights = {n.name: n.input[1] for n in graph.node if n.name in ("conv2", *result.kept_float)}
+    assert weights["conv2"] == "w2", "the candidate's own exclusion stays in the mixed model"
+    assert all(weights[n] == {"conv1": "w1", "conv3": "w3", "fc": "wf"}[n] for n in result.kept_float)

@@ -8,7 +8,7 @@ from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import compute_ranges, get_calibrator
 from calibkit.compare.sensitivity import quantizable_nodes
-from calibkit.compare.suffix import SuffixRunner, suffix_groups, suffix_of, tensor_types
+from calibkit.compare.suffix import Base, SuffixRunner, suffix_groups, suffix_of
 from calibkit.data.images import discover_images
 from calibkit.data.preprocess import Preprocess, decode_image
 from calibkit.normalize import normalized_model
@@ -37,9 +37,9 @@ def test_every_variant_run_from_its_suffix_gives_the_whole_variants_outputs(quan
     model, path, graph, images = quantized
     float_model = normalized_model(model).model
     names = quantized_nodes(float_model)
-    types = tensor_types(graph)
+    base = Base.of(graph)
     variants = {node: with_node_in_float(graph, float_model, node, names) for node in quantizable_nodes(model)}
-    runner = SuffixRunner(graph, path, {node: suffix_of(graph, v, types) for node, v in variants.items()})
+    runner = SuffixRunner(base, path, {node: suffix_of(base, v) for node, v in variants.items()})
     got = runner.run(images)
     for node, variant in variants.items():
         whole = OrtSession(path, ["CPUExecutionProvider"], model=variant, qdq_as_written=True).run(images)
@@ -55,7 +55,7 @@ def test_a_suffix_computes_its_own_weights_and_reads_only_activations_from_the_b
     model, _, graph, _ = quantized
     float_model = normalized_model(model).model
     variant = with_node_in_float(graph, float_model, "conv2", quantized_nodes(float_model))
-    suffix = suffix_of(graph, variant, tensor_types(graph))
+    suffix = suffix_of(Base.of(graph), variant)
     producers = {out: node for node in graph.graph.node for out in node.output}
     initializers = {init.name for init in graph.graph.initializer}
     for name in suffix.inputs:
@@ -68,13 +68,13 @@ def test_a_suffix_computes_its_own_weights_and_reads_only_activations_from_the_b
 def test_groups_keep_the_order_and_stay_within_their_budgets(quantized):
     model, _, graph, _ = quantized
     float_model = normalized_model(model).model
-    names, types = quantized_nodes(float_model), tensor_types(graph)
+    names, base = quantized_nodes(float_model), Base.of(graph)
     nodes = quantizable_nodes(model)
 
     def make(node):
-        return suffix_of(graph, with_node_in_float(graph, float_model, node, names), types)
+        return suffix_of(base, with_node_in_float(graph, float_model, node, names))
 
-    sizes = {name: 1000 for name in types}
+    sizes = {name: 1000 for name in base.types}
     assert [list(g) for g in suffix_groups(nodes, make, sizes, 1)] == [nodes]
     assert [list(g) for g in suffix_groups(nodes, make, sizes, 1, most=3)] == [nodes[:3], nodes[3:]]
     assert [list(g) for g in suffix_groups(nodes, make, sizes, 1, exposed_bytes=1)] == [[n] for n in nodes]
