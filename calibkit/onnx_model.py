@@ -159,6 +159,14 @@ def activation_bytes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict
     return {out: known.get(out, largest) for node in model.graph.node for out in node.output if out}
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of ``graph`` reads (left behind by graph surgery)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """Copy of ``model`` whose graph outputs also include the tensors ``names`` (order kept)."""
     exposed = onnx.ModelProto()

@@ -42,7 +42,7 @@ from calibkit.run_folder import SUMMARY, clear_earlier_run
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
 from calibkit.samplers.registry import sample
-from calibkit.samplers.sufficiency import sufficiency
+from calibkit.samplers.sufficiency import Reference, sufficiency
 from calibkit.stats.channels import channel_absmax
 from calibkit.stats.collect import STATS_BATCH_SIZES, CollectedStats, collect_statistics
 from calibkit.stats.histogram import DEFAULT_BINS
@@ -283,11 +283,13 @@ def calibrate(
                              "weights": weights.summary()})
     stats.save(out / "stats.npz")
     write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
-    ranges = {}
+    ranges, references = {}, {}
     quantized = quantized_inputs(calibrated)
     start = time.perf_counter()
     for label, calibrator in calibrators.items():
+        began_method = time.perf_counter()
         ranges[label] = compute_ranges(stats.tensors, calibrator)
+        references[label] = Reference.of(ranges[label], time.perf_counter() - began_method)
         warn_clipping(label, ranges[label], quantized)
     timings["ranges_s"] = time.perf_counter() - start
     jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)
@@ -298,7 +300,7 @@ def calibrate(
             return None
         started = time.perf_counter()
         result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
-                             budget_s=SUFFICIENCY_BUDGET * stats.seconds)
+                             budget_s=SUFFICIENCY_BUDGET * stats.seconds, references=references)
         timings["sufficiency_s"] = time.perf_counter() - started
         return result
 

@@ -26,6 +26,7 @@ import onnx
 from calibkit.artifacts.placement import nodes_kept_float, quantized_op_types
 from calibkit.artifacts.qdq_placement import fold_activation_qdq, fuse_residual_adds
 from calibkit.artifacts.weight_levels import write_weight_levels
+from calibkit.artifacts.weight_qdq import fold_weight_quantizers, weight_overrides
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
 from calibkit.errors import CalibkitError
@@ -102,6 +103,8 @@ def export_qdq(
             "QuantizeBias": target == "onnxruntime",
             "QDQKeepRemovableActivations": keep_activations,
             "OpTypesToExcludeOutputQuantization": quantized_op_types() if target == "tensorrt" else [],
+            "TensorQuantOverrides": weight_overrides(model),
+            "AddQDQPairToWeight": True,
         },
     )
     previous = logging.getLogger().level
@@ -110,8 +113,9 @@ def export_qdq(
         quantizer.quantize_model()
     finally:
         logging.getLogger().setLevel(previous)
-    quantizer.model.topological_sort()
     quantized = quantizer.model.model
+    fold_weight_quantizers(quantized)
+    quantizer.model.topological_sort()
     if weights is not None:
         write_weight_levels(quantized, weights)
     fold_activation_qdq(quantized, target)

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit.onnx_model import clamp_bounds
+from calibkit.onnx_model import clamp_bounds, drop_unused_initializers
 
 ACTIVATIONS = ("Clip", "Relu")
 
@@ -76,7 +76,7 @@ def fold_activation_qdq(model: onnx.ModelProto, target: str) -> int:
     kept = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
     graph.node.extend(_topological(kept, graph))
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     if target == "onnxruntime":
         _unsigned_activations(graph)
     return rewritten
@@ -104,7 +104,7 @@ def fuse_residual_adds(model: onnx.ModelProto) -> int:
     kept = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return len(removed) // 2
 
 
@@ -129,13 +129,6 @@ def _unsigned_activations(graph: onnx.GraphProto) -> None:
         if zero.dtype == np.int8:
             shifted = (zero.astype(np.int16) + 128).astype(np.uint8)
             inits[name].CopyFrom(numpy_helper.from_array(shifted, name))
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:

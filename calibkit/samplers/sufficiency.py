@@ -14,11 +14,12 @@ draws) fits it; the others are listed as left out, so this check never costs mor
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibkit.calib.registry import Calibrator, compute_ranges
+from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges
 from calibkit.progress import progress
 from calibkit.stats.histogram import TensorStats
 from calibkit.stats.collect import merge_shards
@@ -34,25 +35,44 @@ def _quiet_amax(tensors: dict[str, TensorStats], calibrator: Calibrator) -> np.n
         return np.array([r.amax for r in compute_ranges(tensors, calibrator).values()])
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A calibrator's ranges on the whole set (the merge of every shard) and the seconds they took to
+    compute: what each subset is compared with, and the unit of the cost estimate."""
+
+    amax: np.ndarray
+    seconds: float
+
+    @classmethod
+    def of(cls, ranges: Mapping[str, TensorRange], seconds: float) -> "Reference":
+        return cls(np.array([r.amax for r in ranges.values()]), seconds)
+
+
 def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence[int],
                 calibrators: Sequence[Calibrator], sizes: Sequence[int] = DEFAULT_SIZES,
-                bootstrap: int = 5, seed: int = 0, budget_s: float | None = None) -> dict:
+                bootstrap: int = 5, seed: int = 0, budget_s: float | None = None,
+                references: Mapping[str, Reference] | None = None) -> dict:
     """Per calibrator, rows ``{images, mean_change_pct, spread_pct, p90_change_pct}`` by subset size.
 
     ``shard_images`` gives the image count of each shard; sizes larger than the whole set are dropped
-    and the whole set's size is always included.
+    and the whole set's size is always included. ``references`` (by calibrator label) are the whole
+    set's ranges where the caller has already computed them; the others are computed here.
     """
     rng = np.random.default_rng(seed)
     total = int(sum(shard_images))
     per_shard = max(1, round(total / len(shards)))
     counts = sorted({min(len(shards), max(1, round(s / per_shard))) for s in sizes if s <= total} | {len(shards)})
-    full = merge_shards(shards)
     result: dict = {"shard_images": per_shard, "bootstrap": bootstrap, "seed": seed, "methods": {}, "left_out": {}}
-    reference, cost = {}, {}
-    for calibrator in calibrators:
-        start = time.perf_counter()
-        reference[calibrator.label] = _quiet_amax(full, calibrator)
-        cost[calibrator.label] = (time.perf_counter() - start) * len(counts) * bootstrap
+    known = dict(references or {})
+    missing = [c for c in calibrators if c.label not in known]
+    if missing:
+        full = merge_shards(shards)
+        for calibrator in missing:
+            start = time.perf_counter()
+            amax = _quiet_amax(full, calibrator)
+            known[calibrator.label] = Reference(amax, time.perf_counter() - start)
+    reference = {c.label: known[c.label].amax for c in calibrators}
+    cost = {c.label: known[c.label].seconds * len(counts) * bootstrap for c in calibrators}
     spent = 0.0
     chosen = []
     for calibrator in sorted(calibrators, key=lambda c: cost[c.label]):

@@ -138,14 +138,21 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     report = LoadReport()
     seen: list[ImageItem] = []
 
+    def update_moments(outputs: dict[str, np.ndarray]) -> None:
+        moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
+
     def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
         if shard_size and shard_images[-1] >= shard_size:
             shards.append({name: TensorStats(name, bins) for name in measured})
             shard_images.append(0)
+        if moments is not None and moments_left[0] > 0:
+            moments_left[0] -= len(batch_items)
+            if on_gpu:
+                update_moments(outputs)
+            else:
+                moment_updates.submit(update_moments, outputs)
         for name in measured:
             shards[-1][name].update(outputs[name])
-        if moments is not None and not moments.done:
-            moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
         if on_gpu:
             device.synchronize()  # the kernels have read ONNX Runtime's buffers, which may now be reused
         shard_images[-1] += len(batch_items)
@@ -156,11 +163,14 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     # are updated (ONNX Runtime and the C binning kernel release the GIL), fewer where their exposed
     # activations would pass INFLIGHT_BYTES (none for PP-PicoDet: each result is folded as it comes).
     # One inference at a time on single images measured fastest: the activations of one image stay in
-    # cache for the histograms.
+    # cache for the histograms. The layer-input moments of the first images (most of the work of those
+    # images) are folded on a third thread, in image order, so the histograms do not wait for them.
     sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
     per_batch = sum(sizes.get(n, 0) for n in measured)
     depth = 0 if on_gpu else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
-    with progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference:
+    moments_left = [moments.images - moments.seen if moments is not None else 0]
+    with (progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference,
+          Ordered(max(depth, 1)) as moment_updates):
         queued: deque[tuple[list[ImageItem], Future]] = deque()
 
         def fold_oldest() -> None:
@@ -198,6 +208,32 @@ def assemble(model_path: Path, parts: Sequence[PassPart], preprocess: Preprocess
     shard_images = [count for part in parts for count in part.shard_images]
     return CollectedStats(merge_shards(shards), provenance, [str(item.path) for item in seen], seconds,
                           shards if keep_shards else [], shard_images if keep_shards else [])
+
+
+class Ordered:
+    """Calls run one at a time, in submission order, on one thread; ``submit`` waits while ``limit``
+    are pending, so the arguments they hold stay bounded. Leaving the block normally waits for every
+    call and raises the first failure; leaving it on an exception cancels what has not started."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn, *args) -> None:
+        while len(self._pending) >= self.limit:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def __enter__(self) -> "Ordered":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            while self._pending and kind is None:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def _tensor(name: str, outputs: dict[str, np.ndarray], clamps: dict[str, Clamp]) -> np.ndarray:

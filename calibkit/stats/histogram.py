@@ -26,6 +26,13 @@ DEFAULT_BINS = 8192
 _CHUNK = 1 << 16
 
 
+def _extremes(flat) -> tuple[float, float]:
+    """Min and max of a flat array; NaN in either where a value is not finite."""
+    if _binning is not None and isinstance(flat, np.ndarray):
+        return _binning.extremes(flat)
+    return device.extremes(flat)
+
+
 @dataclass
 class TensorStats:
     """Statistics of one tensor over every value seen so far.
@@ -84,8 +91,8 @@ class TensorStats:
     def update(self, values: np.ndarray) -> None:
         """Fold a batch of values (any shape) into the statistics.
 
-        Min and max take one pass over the batch. The binning runs in the C kernel
-        (``_binning.c``, without the GIL) where it was built, else in NumPy chunk by chunk so the
+        Min and max take one pass over the batch. Both run in the C kernel (``_binning.c``, without
+        the GIL) where it was built, else in NumPy, the binning chunk by chunk so the
         scaled values and their bin indices stay in cache; both count identically. A CuPy array is
         binned on its GPU by a kernel with the same arithmetic (:mod:`calibkit.stats.device`), into a
         histogram kept there until :meth:`on_host`. Non-finite values are counted in
@@ -97,14 +104,16 @@ class TensorStats:
             return
         if on_device and not device.is_device_array(self.signed):
             self.signed = device.cupy_module().asarray(self.signed)
-        lo, hi = device.extremes(flat)
+        if _binning is not None and not on_device:
+            flat = np.ascontiguousarray(flat)
+        lo, hi = _extremes(flat)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = flat[np.isfinite(flat)]
             self.nonfinite += flat.size - finite.size
             if finite.size == 0:
                 return
             flat = finite
-            lo, hi = device.extremes(flat)
+            lo, hi = _extremes(flat)
         self.count += flat.size
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         amax = max(-lo, hi)
@@ -118,7 +127,7 @@ class TensorStats:
             device.bin_signed(flat, scale, offset, self.signed)
             return
         if _binning is not None:
-            _binning.bin_signed(np.ascontiguousarray(flat), scale, offset, self.signed)
+            _binning.bin_signed(flat, scale, offset, self.signed, lo, hi)
             return
         buf = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
         idx = np.empty(buf.size, dtype=np.intp)

@@ -168,6 +168,10 @@ def test_c_kernel_and_numpy_path_count_identically(monkeypatch):
     batches = [rng.standard_normal(300_000).astype(np.float32) * s for s in (0.2, 3.0, 1.0)]
     edges = np.float32(4.0) * np.arange(-64, 65, dtype=np.float32) / 64  # values on bin edges
     batches += [edges, np.array([0.0, -0.0, np.nextafter(np.float32(-4), np.float32(0))], np.float32)]
+    batches += [np.full(100_003, 1.5, np.float32)]  # one bin hit 100 003 times
+    spoiled = rng.uniform(-9.0, 7.0, 10_001).astype(np.float32)  # an odd length: the kernel's scalar tail
+    spoiled[[3, 5000, 10_000]] = [np.nan, np.inf, -np.inf]
+    batches += [spoiled, np.array([np.nan] * 9 + [2.5], np.float32)]
     results = []
     for kernel in (histogram._binning, None):
         monkeypatch.setattr(histogram, "_binning", kernel)
@@ -176,4 +180,8 @@ def test_c_kernel_and_numpy_path_count_identically(monkeypatch):
             stats.update(batch)
         results.append(stats)
     np.testing.assert_array_equal(results[0].signed, results[1].signed)
-    assert results[0].signed.sum() == sum(b.size for b in batches)
+    c, numpy = results
+    assert (c.min, c.max, c.count, c.nonfinite) == (numpy.min, numpy.max, numpy.count, numpy.nonfinite)
+    finite = np.concatenate([b[np.isfinite(b)] for b in batches])
+    assert c.nonfinite == 12 and c.signed.sum() == c.count == finite.size
+    assert (c.min, c.max) == (finite.min(), finite.max())
