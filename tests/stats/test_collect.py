@@ -43,3 +43,45 @@ def test_statistics_of_an_older_layout_are_refused_with_a_fix(small_model, image
     np.savez(tmp_path / "old.npz", **arrays)
     with pytest.raises(CalibkitError, match="calibrate again"):
         CollectedStats.load(tmp_path / "old.npz")
+
+
+def test_moments_folded_beside_the_pass_equal_moments_folded_image_by_image(small_model, image_folder):
+    """The pass feeds the layer-input moments on a thread of their own; they must be those of the first
+    images, in order, as a collector fed directly (to float rounding: the pass's session exposes more
+    tensors, which changes ONNX Runtime's fusions)."""
+    from calibkit.normalize import normalized_model
+    from calibkit.stats.moments import MomentCollector, weighted_layers
+
+    items = discover_images(image_folder)
+    spec = Preprocess(size=(32, 32))
+    layers = weighted_layers(normalized_model(small_model).model)
+    in_pass = MomentCollector(layers, images=4, min_samples_per_column=1, seed=3)
+    collect_statistics(small_model, items, spec, batch_size=1, bins=256, moments=in_pass)
+    direct = MomentCollector(layers, images=4, min_samples_per_column=1, seed=3)
+    session = OrtSession(small_model, ["CPUExecutionProvider"], expose=direct.inputs)
+    for item in items[:6]:
+        direct.update(session.run(spec(decode_image(item.path))[None], direct.inputs))
+    assert in_pass.seen == direct.seen == 4
+    for layer in layers:
+        ours, theirs = in_pass.moments[layer.node], direct.moments[layer.node]
+        np.testing.assert_allclose(ours.mean, theirs.mean, rtol=1e-6, atol=1e-9)
+        assert (ours.second is None) == (theirs.second is None)
+        if ours.second is not None:
+            np.testing.assert_allclose(ours.second, theirs.second, rtol=1e-6, atol=1e-9)
+
+
+def test_a_failing_moment_update_stops_the_pass():
+    from calibkit.stats.collect import Ordered
+
+    seen = []
+
+    def record(value):
+        if value == 3:
+            raise ValueError("bad update")
+        seen.append(value)
+
+    with pytest.raises(ValueError, match="bad update"):
+        with Ordered(2) as calls:
+            for value in range(6):
+                calls.submit(record, value)
+    assert seen[:3] == [0, 1, 2] and 3 not in seen
