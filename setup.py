@@ -1,4 +1,5 @@
-"""Build the optional C binning kernel; without a compiler calibkit falls back to NumPy."""
+"""Build the optional C kernels (histogram binning, per-layer drift sums); without a compiler calibkit
+falls back to NumPy."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +10,12 @@ setup(
             ["calibkit/stats/_binning.c"],
             extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension(
+            "calibkit.compare._drift",
+            ["calibkit/compare/_drift.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+            optional=True,
+        ),
     ]
 )

@@ -16,6 +16,11 @@ from calibkit.data.preprocess import Preprocess
 from calibkit.onnx_model import activation_bytes, constant_values, float_activations, load_model
 from calibkit.progress import progress
 
+try:
+    from calibkit.compare import _drift
+except ImportError:  # built without a C compiler: candidate_sums falls back to NumPy (same sums to float rounding)
+    _drift = None
+
 # Bytes per image of exposed tensors (reference plus candidates) held at once in the per-layer pass.
 LAYER_GROUP_BYTES = 256 << 20
 # Bytes of exposed tensors the per-layer pass may read over all its images: large models get fewer
@@ -46,20 +51,14 @@ class LayerDrift:
         candidates against one reference tensor and compute it once."""
         ref = np.asarray(reference, dtype=np.float32).reshape(-1)
         cand = np.asarray(candidate, dtype=np.float32).reshape(-1)
-        energy = float(np.dot(cand, cand))
-        if not math.isfinite(energy):  # a NaN or inf reached the sums: count them, score the finite values
-            finite = np.isfinite(cand)
-            self.nonfinite += int(cand.size - finite.sum())
-            cand = np.where(finite, cand, 0.0).astype(np.float32)
-            energy = float(np.dot(cand, cand))
+        noise, dot, energy, largest, nonfinite = candidate_sums(ref, cand)
         signal, ref_absmax = reference_sums if reference_sums is not None else reference_sums_of(ref)
-        diff = cand - ref
         self.signal += signal
-        self.noise += float(np.dot(diff, diff))
-        self.dot += float(np.dot(ref, cand))
+        self.noise += noise
+        self.dot += dot
         self.cand_energy += energy
-        if diff.size:
-            self.max_abs_error = max(self.max_abs_error, float(diff.max()), -float(diff.min()))
+        self.max_abs_error = max(self.max_abs_error, largest)
+        self.nonfinite += nonfinite
         self.ref_absmax = max(self.ref_absmax, ref_absmax)
         self.count += ref.size
 
@@ -102,6 +101,24 @@ class LayerDrift:
             "max_rel_error": self.max_rel_error,
             "nonfinite": self.nonfinite,
         }
+
+
+def candidate_sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float, float, int]:
+    """``(sum((c - r)^2), sum(r c), sum(c^2), max |c - r|, non-finite count)`` of flat float32 arrays, a
+    candidate's NaN or infinite values counted and scored as 0: in one pass of the C kernel
+    (``_drift.c``, float64 sums) where it was built, else in NumPy (float32 BLAS products)."""
+    if _drift is not None:
+        return _drift.drift_sums(np.ascontiguousarray(ref), np.ascontiguousarray(cand))
+    nonfinite = 0
+    energy = float(np.dot(cand, cand))
+    if not math.isfinite(energy):
+        finite = np.isfinite(cand)
+        nonfinite = int(cand.size - finite.sum())
+        cand = np.where(finite, cand, 0.0).astype(np.float32)
+        energy = float(np.dot(cand, cand))
+    diff = cand - ref
+    largest = max(float(diff.max()), -float(diff.min())) if diff.size else 0.0
+    return float(np.dot(diff, diff)), float(np.dot(ref, cand)), energy, largest, nonfinite
 
 
 def reference_sums_of(reference: np.ndarray) -> tuple[float, float]:

@@ -142,11 +142,12 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
         moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
 
     def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
+        nonlocal moments_left
         if shard_size and shard_images[-1] >= shard_size:
             shards.append({name: TensorStats(name, bins) for name in measured})
             shard_images.append(0)
-        if moments is not None and moments_left[0] > 0:
-            moments_left[0] -= len(batch_items)
+        if moments is not None and moments_left > 0:
+            moments_left -= len(batch_items)
             if on_gpu:
                 update_moments(outputs)
             else:
@@ -168,7 +169,7 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
     per_batch = sum(sizes.get(n, 0) for n in measured)
     depth = 0 if on_gpu else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
-    moments_left = [moments.images - moments.seen if moments is not None else 0]
+    moments_left = moments.images - moments.seen if moments is not None else 0
     with (progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference,
           Ordered(max(depth, 1)) as moment_updates):
         queued: deque[tuple[list[ImageItem], Future]] = deque()
