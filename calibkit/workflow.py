@@ -319,11 +319,12 @@ def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[
                  batch_sizes: Sequence[int] = (1, 8, 32), backend: str = "ort-cpu") -> list[dict]:
     """Speed rows for ``(name, precision, path)`` models on one backend, timed side by side in rounds
     (:mod:`calibkit.bench.speed`), with speedups over ``fp32`` and their spread. ONNX Runtime sessions
-    return their activation memory after each run, so holding every model at once stays bounded."""
+    share one arena, so each run reuses memory as a deployed session does while holding every model at
+    once stays near one model's peak."""
     from calibkit.backends import load
     from calibkit.bench.speed import measure_interleaved, with_ratios
 
-    options = {"arena": False} if backend.startswith("ort") else {}
+    options = {"shared_arena": True} if backend.startswith("ort") else {}
     sessions = [(name, precision, load(path, precision, backend, **options)) for name, precision, path in models]
     with progress(len(batch_sizes), "benchmarking (interleaved rounds)", unit="batch size") as bar:
         results = []

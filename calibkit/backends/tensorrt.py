@@ -230,7 +230,7 @@ class TrtSession:
 
 # Session options that only ONNX Runtime has (memory arena, thread spinning, its Q/DQ rewrites): an engine
 # has no counterpart, so callers may pass them to every backend alike.
-ORT_ONLY_OPTIONS = ("arena", "spinning", "qdq_as_written")
+ORT_ONLY_OPTIONS = ("arena", "spinning", "qdq_as_written", "shared_arena")
 
 
 def load(model_path: Path, precision: str = "fp32", **options) -> TrtSession:

@@ -48,3 +48,14 @@ def test_qdq_as_written_computes_the_graphs_quantize_dequantize_arithmetic(tmp_p
     conv = np.einsum("oc,nchw->nohw", w, fake_quant(x.astype(np.float64), np.float32(0.02)))
     expected = fake_quant(np.maximum(conv, 0), 0.05)
     np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
+def test_sessions_sharing_one_arena_give_a_private_arena_s_outputs(small_model):
+    """Latency measurement holds several sessions on one shared arena (registered once per process,
+    however many sessions ask); their results are those of sessions with arenas of their own."""
+    batch = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    private = OrtSession(small_model, ["CPUExecutionProvider"]).run(batch)
+    shared = [OrtSession(small_model, ["CPUExecutionProvider"], shared_arena=True) for _ in range(3)]
+    for session in shared + shared[::-1]:
+        for name, value in session.run(batch).items():
+            np.testing.assert_array_equal(value, private[name])
