@@ -2,7 +2,8 @@
 
 ONNX Runtime's ``QDQQuantizer`` does the graph surgery on the model's normalised graph
 (:mod:`calibkit.normalize`); calibkit feeds it its own ranges as a symmetric MinMax table, so no
-calibration runs inside ONNX Runtime. Which ops get INT8 inputs is the rule table of
+calibration runs inside ONNX Runtime, and its per-channel weight scales, applied on whole arrays
+(:mod:`calibkit.artifacts.weight_qdq`). Which ops get INT8 inputs is the rule table of
 :mod:`calibkit.artifacts.placement`. Per target:
 
 * ``tensorrt`` (the artefact to ship): symmetric INT8, zero point 0, activation scale = amax / 127,
