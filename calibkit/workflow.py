@@ -34,6 +34,7 @@ from calibkit.distributed import check_backend, sharded_statistics
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
+from calibkit.memory import trim_heap
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
@@ -395,6 +396,7 @@ def compare_and_report(
         task.check_budget_metric(budget_metric)
     compare = partial(sharded_comparison, address=ray) if ray else compare_models
     comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
+    trim_heap()
     comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
     for c in comparison["candidates"]:
         c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
@@ -409,6 +411,7 @@ def compare_and_report(
         comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
         if sensitivity["budget"]["models"]:
             models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
+        trim_heap()
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}
