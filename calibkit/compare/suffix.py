@@ -25,8 +25,8 @@ from calibkit.backends.onnxruntime import OrtSession, pieces, unpadded
 # Bytes per batch of the base graph's tensors exposed for one group of suffixes, bytes of the weights
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
 # the memory of a sensitivity pass whatever the model. Each group costs one base pass: on EfficientNet's
-# 50 layers, groups of 16 (4 base passes) ranked in 33 s at a 1.65 GB peak, groups of 8 (7 passes) in
-# 40-43 s at 1.45 GB, and groups of 25 reached 1.91 GB.
+# 50 layers, groups of 16 (4 base passes) ranked in 33 s at a 1.65 GB peak (the demo's whole command:
+# 1.78 GB), groups of 8 (7 passes) in 40-43 s at 1.45 GB, and groups of 25 reached 1.91 GB.
 EXPOSED_BYTES = 256 << 20
 WEIGHT_BYTES = 512 << 20
 GROUP_SUFFIXES = 16
