@@ -126,20 +126,20 @@ class OrtSession:
     def run_feeds(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """One run on named inputs as they are (no chunking): for graphs cut out of a model."""
         names = list(outputs) if outputs is not None else self.model_outputs
-        try:
-            values = self._session.run(names, dict(feeds))
-        except Exception as exc:
-            raise CalibkitError(f"{self.model_path}: inference failed ({str(exc).splitlines()[0][:200]})") from exc
-        return dict(zip(names, values))
+        return self._infer(dict(feeds), names, "", "")
 
     def _run(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        return self._infer({self.input_name: batch.astype(self._input_type, copy=False)}, names,
+                           f" on a batch of shape {tuple(batch.shape)}",
+                           "; check --size and the preprocessing against the model input")
+
+    def _infer(self, feeds: dict[str, np.ndarray], names: list[str], where: str, fix: str) -> dict[str, np.ndarray]:
+        """One ONNX Runtime run; a failure becomes one line naming the model, ``where`` it failed and the ``fix``."""
         try:
-            values = self._session.run(names, {self.input_name: batch.astype(self._input_type, copy=False)})
+            values = self._session.run(names, feeds)
         except Exception as exc:
-            raise CalibkitError(
-                f"{self.model_path}: inference failed on a batch of shape {tuple(batch.shape)} "
-                f"({str(exc).splitlines()[0][:200]}); check --size and the preprocessing against the model input"
-            ) from exc
+            reason = str(exc).splitlines()[0][:200]
+            raise CalibkitError(f"{self.model_path}: inference failed{where} ({reason}){fix}") from exc
         return dict(zip(names, values))
 
 
