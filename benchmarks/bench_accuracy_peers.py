@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,9 +193,12 @@ def main() -> None:
                 continue
             for method in PEERS[tool]["methods"]:
                 out = tmp / f"{tool}-{method}.onnx"
+                # Each peer reads its own copy: Model Optimizer 0.47 writes its shape-inferred graph over the
+                # model it is given, which would change the cached demo model for every later run.
+                given = shutil.copy(model, tmp / f"{tool}-{method}-input.onnx")
                 count = str(args.ort_images if tool == "onnxruntime" else args.samples)
                 try:
-                    wall, peak = run_peer(python, PEERS[tool]["code"], [str(calib), str(model), str(out), method, count])
+                    wall, peak = run_peer(python, PEERS[tool]["code"], [str(calib), str(given), str(out), method, count])
                 except RuntimeError as exc:
                     failures[f"{tool} {method}"] = str(exc)
                     continue

@@ -40,10 +40,10 @@ def main(argv=None) -> int:
     spec = model_preprocess(model)
     cache = image_cache(pool, spec)
     task = model_task(model, spec, "classification", items=pool)
-    reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
+    reference = [task.decode(out, batch) for batch, out in cache.run(model)]
 
     def metrics(path: Path) -> dict:
-        return task_loss(task, cache, reference, cache.outputs(path), "agreement")[2]
+        return task_loss(task, reference, cache.run(path), "agreement")[2]
 
     rows = []
     for sampler in args.samplers.split(","):

@@ -505,18 +505,16 @@ def peak_rss_gb() -> float:
 
 
 def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
-    """Every image preprocessed into memory (about 0.6 MB each at 224x224) for repeated scoring, decoded
-    when first used."""
-    from calibkit.compare.sensitivity import ImageCache
+    """The images preprocessed once for repeated scoring (:class:`~calibkit.compare.image_cache.ImageCache`:
+    in memory up to its limit, the rest on disk), decoded when first used."""
+    from calibkit.compare.image_cache import ImageCache
     from calibkit.data.loader import iter_batches
 
-    def decode() -> list:
-        batches = []
-        with progress(len(items), "decoding images into memory") as bar:
+    def decode():
+        with progress(len(items), "decoding images") as bar:
             for batch in iter_batches(items, preprocess, 16, skip_bad=skip_bad):
-                batches.append(batch)
                 bar.update(len(batch.array))
-        return batches
+                yield batch
 
     return ImageCache(decode=decode)
 

@@ -16,12 +16,14 @@ def calibkit(*args) -> subprocess.CompletedProcess:
 
 def calibrate_then_compare(model, calib, evaluate, out, preprocess, methods, *extra):
     run = out / "run"
+    original = model.read_bytes()
     done = calibkit("calibrate", "--model", model, "--images", calib, "--out", run, "--samples", 0,
                     "--method", methods, *preprocess)
     assert done.returncode == 0, done.stderr[-2000:]
     done = calibkit("compare", "--model", model, "--images", evaluate, "--candidates", f"int8:{run},fp16",
                     "--out", out / "report", "--bench-batch-sizes", 1, *preprocess, *extra)
     assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert model.read_bytes() == original, "the user's model file was changed"
     document = json.loads((out / "report" / "report.json").read_text())
     return document, (out / "report" / "report.html").read_text(), done.stderr
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -22,9 +22,9 @@ import onnx
 from calibkit.artifacts.placement import quantized_nodes
 from calibkit.artifacts.qdq import export_qdq, resolve_exclusions
 from calibkit.artifacts.qdq_edit import with_node_in_float, with_nodes_in_float
-from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import TensorRange
 from calibkit.calib.weights import RefinedWeights
+from calibkit.compare.image_cache import ImageCache
 from calibkit.compare.suffix import Base, Suffix, SuffixRunner, suffix_groups, suffix_of
 from calibkit.data.loader import Batch
 from calibkit.normalize import normalized_model
@@ -35,46 +35,22 @@ from calibkit.tasks.base import Task
 SENSITIVE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-class ImageCache:
-    """Preprocessed batches held in memory so the many re-quantized models see identical inputs fast.
-
-    Give the ``batches``, or ``decode``, which makes them on first use: a budget that the comparison
-    already shows met then decodes nothing.
-    """
-
-    def __init__(self, batches: list[Batch] | None = None, decode: Callable[[], list[Batch]] | None = None) -> None:
-        if (batches is None) == (decode is None):
-            raise ValueError("ImageCache takes either batches or decode")
-        self._batches, self._decode = batches, decode
-
-    @property
-    def batches(self) -> list[Batch]:
-        if self._batches is None:
-            self._batches, self._decode = self._decode(), None
-        return self._batches
-
-    def __getstate__(self) -> dict:
-        return {"_batches": self.batches, "_decode": None}
-
-    def outputs(self, model: Path, graph: onnx.ModelProto | None = None) -> list[dict[str, np.ndarray]]:
-        """The model's outputs per cached batch (``graph``: the model held in memory, named ``model``)."""
-        session = OrtSession(model, ["CPUExecutionProvider"], model=graph, qdq_as_written=True)
-        return [session.run(batch.array) for batch in self.batches]
-
-
-def joined(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-
-
-def task_loss(task: Task, cache: ImageCache, reference: Sequence[list], candidate: Sequence[Mapping[str, np.ndarray]],
+def task_loss(task: Task, reference: Sequence[list], candidate: Iterable[tuple[Batch, Mapping[str, np.ndarray]]],
               metric: str) -> tuple[float, str, dict]:
-    """The task's budget loss of ``candidate`` outputs against the decoded ``reference`` predictions:
-    ``(loss, metric name, all metrics)``."""
+    """The task's budget loss of the ``candidate`` pass (:meth:`ImageCache.run`) against the decoded
+    ``reference`` predictions: ``(loss, metric name, all metrics)``."""
     scorer = task.scorer()
-    for batch, ref_pred, out in zip(cache.batches, reference, candidate):
+    for ref_pred, (batch, out) in zip(reference, candidate, strict=True):
         scorer.add(ref_pred, task.decode(out, batch), batch)
     result = scorer.result()
     return (*task.budget_loss(result, metric), result)
+
+
+def summed_drift(task: Task, reference: Sequence[Mapping[str, np.ndarray]],
+                 candidate: Iterable[tuple[Batch, Mapping[str, np.ndarray]]]) -> float:
+    """The task's drift of the ``candidate`` pass (:meth:`ImageCache.run`) against the ``reference``
+    outputs, batch by batch. The pass is run to its end, which frees its session."""
+    return task.drift_of(sum(task.drift_sums(ref, out) for ref, (_, out) in zip(reference, candidate, strict=True)))
 
 
 def quantizable_nodes(model_path: Path, ops: Sequence[str] = SENSITIVE_OPS) -> list[str]:
@@ -107,15 +83,17 @@ def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCa
     """For each of ``nodes``, in order, the drift with that node alone in float (besides ``exclude``) and
     its gain over the drift of the model quantized without ``exclude``. Each variant runs from the first
     tensors it changes, on that model's values (:mod:`calibkit.compare.suffix`)."""
-    reference = joined(cache.outputs(model))
+    # Per batch, as the drift is summed; copied, because an output array holds on to the memory arena of
+    # the session that made it (0.17 GB of EfficientNet's FP32 session kept under every group otherwise).
+    reference = [{name: value.copy() for name, value in out.items()} for _, out in cache.run(model)]
     float_model = normalized_model(model).model
     quantized_names = quantized_in(float_model, exclude)
     with tempfile.TemporaryDirectory(prefix="calibkit-sens-") as tmp:
         path = Path(tmp) / "q.onnx"
         quantized = onnx.load(str(export_qdq(model, ranges, path, exclude, weights=weights)))
-        base = task.drift(reference, joined(cache.outputs(path, quantized)))
+        base = summed_drift(task, reference, cache.run(path, quantized))
         indexed = Base.of(quantized)
-        first = cache.batches[0].array
+        first = cache.first.array
         sizes = activation_bytes(quantized, (1, *first.shape[1:]))
         fixed = image_input(quantized, model).batch
         per_run = min(fixed, len(first)) if fixed else len(first)  # images per base run
@@ -131,11 +109,11 @@ def leave_one_out(model: Path, ranges: Mapping[str, TensorRange], cache: ImageCa
         with progress(len(nodes), "layer sensitivity", unit="layer") as bar:
             for group in suffix_groups(nodes, suffix, sizes, per_run):
                 runner = SuffixRunner(indexed, path, group)
-                outputs: dict[str, list] = {node: [] for node in group}
-                for batch in cache.batches:
-                    for node, values in runner.run(batch.array).items():
-                        outputs[node].append(values)
-                drifts.update({node: task.drift(reference, joined(outputs[node])) for node in group})
+                sums: dict[str, np.ndarray | float] = dict.fromkeys(group, 0.0)
+                for ref, batch in zip(reference, cache, strict=True):
+                    for node, values in runner.run(batch.array):
+                        sums[node] = sums[node] + task.drift_sums(ref, values)
+                drifts.update({node: task.drift_of(sums[node]) for node in group})
                 bar.update(len(group))
     return [{"node": node, "drift": drifts[node], "drift_gain": base - drifts[node]} for node in nodes]
 
@@ -174,7 +152,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
         if lost <= budget:
             result.met = True
             return result
-    reference = [task.decode(out, batch) for out, batch in zip(cache.outputs(model), cache.batches)]
+    reference = [task.decode(out, batch) for batch, out in cache.run(model)]
     float_model = normalized_model(model).model
     quantized_names = quantized_in(float_model, exclude)
     with tempfile.TemporaryDirectory(prefix="calibkit-budget-") as tmp:
@@ -186,8 +164,7 @@ def fit_accuracy_budget(model: Path, ranges: Mapping[str, TensorRange], cache: I
                 edited = with_nodes_in_float(quantized, float_model, excluded, quantized_names)
                 if edited is None:
                     edited = onnx.load(str(export_qdq(model, ranges, path, [*exclude, *excluded], weights=weights)))
-                outputs = cache.outputs(path, edited)
-                lost, result.metric, metrics = task_loss(task, cache, reference, outputs, metric)
+                lost, result.metric, metrics = task_loss(task, reference, cache.run(path, edited), metric)
                 result.steps.append({"float_layers": k, "loss": lost, "metrics": metrics})
                 bar.update(1)
                 if lost <= budget:

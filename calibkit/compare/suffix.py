@@ -26,7 +26,8 @@ from calibkit.backends.onnxruntime import OrtSession, pieces, unpadded
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
 # the memory of a sensitivity pass whatever the model. Each group costs one base pass: on EfficientNet's
 # 50 layers, groups of 16 (4 base passes) ranked in 33 s at a 1.65 GB peak (the demo's whole command:
-# 1.78 GB), groups of 8 (7 passes) in 40-43 s at 1.45 GB, and groups of 25 reached 1.91 GB.
+# 1.78 GB), groups of 8 (7 passes) in 40-43 s at 1.45 GB, and groups of 25 reached 1.91 GB, all measured
+# while every variant's outputs were held; scored batch by batch, groups of 16 peak at 1.45 GB.
 EXPOSED_BYTES = 256 << 20
 WEIGHT_BYTES = 512 << 20
 GROUP_SUFFIXES = 16
@@ -156,16 +157,17 @@ class SuffixRunner:
         self.sessions = {key: OrtSession(name, ["CPUExecutionProvider"], model=s.model, **options)
                          for key, s in self.suffixes.items() if s.model.graph.node}
 
-    def run(self, batch: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """Every variant's outputs for ``batch``, keyed as the suffixes are."""
-        parts: dict[str, list[dict[str, np.ndarray]]] = {key: [] for key in self.suffixes}
+    def run(self, batch: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """Every variant's outputs for ``batch``, keyed as the suffixes are, one variant at a time: only
+        the base's exposed tensors (bounded by :data:`EXPOSED_BYTES`) and one variant's outputs are held."""
         size = self.base.fixed_batch
-        for chunk, real in pieces(batch, size):
-            values = self.base.run_feeds({self.base.input_name: chunk}, self.exposed)
-            for key, suffix in self.suffixes.items():
-                session = self.sessions.get(key)  # none where the variant changes nothing
+        chunks = [(self.base.run_feeds({self.base.input_name: chunk}, self.exposed), real)
+                  for chunk, real in pieces(batch, size)]
+        for key, suffix in self.suffixes.items():
+            session = self.sessions.get(key)  # none where the variant changes nothing
+            parts = []
+            for values, real in chunks:
                 out = session.run_feeds({name: values[name] for name in suffix.inputs}) if session else {}
                 out.update({name: values[name] for name in suffix.reused})
-                parts[key].append(unpadded(out, size, real))
-        return {key: {name: np.concatenate([p[name] for p in chunks]) for name in chunks[0]}
-                for key, chunks in parts.items()}
+                parts.append(unpadded(out, size, real))
+            yield key, {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -96,7 +96,9 @@ class Classification(Task):
         return len(outputs) == 1 and len(outputs[0].shape) == 2
 
     def decode(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
-        logits = np.asarray(outputs[self.output], np.float32)
+        # A copy: predictions can be kept for a whole search, and a session's output array holds on to the
+        # session's memory arena.
+        logits = np.array(outputs[self.output], np.float32)
         return list(logits.reshape(len(logits), -1))
 
     def scorer(self) -> ClassificationScorer:
@@ -112,6 +114,12 @@ class Classification(Task):
             return float(result["top1_drop"]), "top1"
         return 100 - float(result["agreement"]), "agreement"
 
-    def drift(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> float:
+    def drift_sums(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Summed KL of the softmax against the reference's, and the image count."""
         n = len(reference[self.output])
-        return mean_kl(reference[self.output].reshape(n, -1), candidate[self.output].reshape(n, -1))
+        kl = mean_kl(reference[self.output].reshape(n, -1), candidate[self.output].reshape(n, -1))
+        return np.array([kl * n, n])
+
+    def drift_of(self, sums: np.ndarray) -> float:
+        """Mean KL over the images."""
+        return float(sums[0] / sums[1])

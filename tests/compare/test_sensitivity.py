@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from calibkit.calib.registry import TensorRange, compute_ranges, get_calibrator
-from calibkit.compare.sensitivity import ImageCache, fit_accuracy_budget, layer_sensitivity, quantizable_nodes
+from calibkit.compare.image_cache import ImageCache
+from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity, quantizable_nodes
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.loader import Batch
 from calibkit.data.preprocess import Preprocess, decode_image
@@ -42,10 +43,10 @@ def setup(small_model, tmp_path_factory):
     ranges = compute_ranges(stats.tensors, get_calibrator("minmax"))
     broken = dict(ranges)
     broken["flat"] = TensorRange(ranges["flat"].amax / 200, 0.0, 0.0)  # the classifier's input, clipped hard
-    fp32 = np.concatenate([o["logits"] for o in cache_of(items).outputs(small_model)])
+    fp32 = np.concatenate([o["logits"] for _, o in cache_of(items).run(small_model)])
     assert len(set(fp32.argmax(1))) > 1, "test needs varied predictions"
     labelled = cache_of(items, fp32.argmax(1))
-    task = model_task(small_model, SPEC, "classification", items=labelled.batches[0].items)
+    task = model_task(small_model, SPEC, "classification", items=labelled.first.items)
     return broken, labelled, task, items
 
 

@@ -40,7 +40,7 @@ def test_every_variant_run_from_its_suffix_gives_the_whole_variants_outputs(quan
     base = Base.of(graph)
     variants = {node: with_node_in_float(graph, float_model, node, names) for node in quantizable_nodes(model)}
     runner = SuffixRunner(base, path, {node: suffix_of(base, v) for node, v in variants.items()})
-    got = runner.run(images)
+    got = dict(runner.run(images))
     for node, variant in variants.items():
         whole = OrtSession(path, ["CPUExecutionProvider"], model=variant, qdq_as_written=True).run(images)
         assert set(got[node]) == set(whole) == {"logits", "flat"}

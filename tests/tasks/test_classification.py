@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import Batch
@@ -29,3 +30,19 @@ def test_a_task_never_flattens_an_output_of_the_wrong_shape():
     two = [OutputInfo("a", (1, 1, 8, 8)), OutputInfo("b", (1, 3, 8, 8))]
     chosen = make_task("dense", TaskContext(two, (8, 8), Preprocess(size=(8, 8)), {"output": "b"}))
     assert chosen.output == "b" and chosen.classes == 3
+
+
+def test_drift_summed_over_batches_equals_the_drift_of_all_images():
+    """Sensitivity adds drift_sums batch by batch instead of holding outputs; the total must not change."""
+    rng = np.random.default_rng(0)
+    classifier = make_task(None, TaskContext([OutputInfo("p", (None, 10))], (8, 8), Preprocess(size=(8, 8))))
+    generic = make_task("generic", TaskContext([OutputInfo("a", (None, 4)), OutputInfo("b", (None, 3, 5))], (8, 8),
+                                               Preprocess(size=(8, 8))))
+    for task in (classifier, generic):
+        reference = {o.name: rng.normal(size=(9, *o.shape[1:])) for o in task.context.outputs}
+        candidate = {name: value + rng.normal(scale=0.1, size=value.shape) for name, value in reference.items()}
+        parts = [slice(0, 4), slice(4, 5), slice(5, 9)]
+        sums = sum(task.drift_sums({k: v[p] for k, v in reference.items()}, {k: v[p] for k, v in candidate.items()})
+                   for p in parts)
+        assert task.drift_of(sums) == pytest.approx(task.drift(reference, candidate), rel=1e-12)
+        assert task.drift(reference, candidate) > 0 and task.drift(reference, reference) == 0
