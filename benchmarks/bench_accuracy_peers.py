@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -127,6 +128,32 @@ def run_peer(python: Path, code: str, args: list[str]) -> tuple[float, float]:
     return wall, int(peak[-1].split()[1]) / (1 << 20)
 
 
+def quantize_with_peers(tools: list[str], venvs: Path, calib: Path, model: Path, tmp: Path,
+                        count: Callable[[str], int]) -> tuple[list[tuple], dict[str, str]]:
+    """Each peer of ``tools`` quantizes ``model`` from the first ``count(tool)`` rows of ``calib`` into
+    ``tmp``: ``(tool, method, model path, wall s, peak GB)`` per model, and what failed to install or run."""
+    models, failures = [], {}
+    for tool in (t for t in tools if t in PEERS):
+        try:
+            python = peer_python(tool, venvs)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            failures[tool] = str(exc)
+            continue
+        for method in PEERS[tool]["methods"]:
+            out = tmp / f"{tool}-{method}.onnx"
+            # Each peer reads its own copy: Model Optimizer 0.47 writes its shape-inferred graph over the
+            # model it is given, which would change the user's (here the cached) model for every later run.
+            given = shutil.copy(model, tmp / f"{tool}-{method}-input.onnx")
+            try:
+                wall, peak = run_peer(python, PEERS[tool]["code"],
+                                      [str(calib), str(given), str(out), method, str(count(tool))])
+            except RuntimeError as exc:
+                failures[f"{tool} {method}"] = str(exc)
+                continue
+            models.append((tool, method, out, wall, peak))
+    return models, failures
+
+
 def evaluate(model: Path, batches: list) -> np.ndarray:
     """Logits of ``model`` over every batch (ONNX Runtime CPU)."""
     session = OrtSession(model, ["CPUExecutionProvider"])
@@ -163,7 +190,7 @@ def main() -> None:
     model = demo_model()
     spec = model_preprocess(model)
     items = discover_images(args.images)
-    rows, failures = [], {}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="calibkit-peers-") as tmp:
         tmp = Path(tmp)
         run = tmp / "run"
@@ -185,24 +212,9 @@ def main() -> None:
             summary = json.loads((run / "summary.json").read_text())
             for label in summary["methods"]:
                 models.append(("calibkit (.qdq.onnx)", label, run / f"{label}.qdq.onnx", calibkit_s, float("nan")))
-        for tool in (t for t in tools if t in PEERS):
-            try:
-                python = peer_python(tool, args.venvs)
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                failures[tool] = str(exc)
-                continue
-            for method in PEERS[tool]["methods"]:
-                out = tmp / f"{tool}-{method}.onnx"
-                # Each peer reads its own copy: Model Optimizer 0.47 writes its shape-inferred graph over the
-                # model it is given, which would change the cached demo model for every later run.
-                given = shutil.copy(model, tmp / f"{tool}-{method}-input.onnx")
-                count = str(args.ort_images if tool == "onnxruntime" else args.samples)
-                try:
-                    wall, peak = run_peer(python, PEERS[tool]["code"], [str(calib), str(given), str(out), method, count])
-                except RuntimeError as exc:
-                    failures[f"{tool} {method}"] = str(exc)
-                    continue
-                models.append((tool, method, out, wall, peak))
+        peers, failures = quantize_with_peers(tools, args.venvs, calib, model, tmp,
+                                              lambda tool: args.ort_images if tool == "onnxruntime" else args.samples)
+        models += peers
         for tool, method, path, wall, peak in models:
             rows.append({"tool": tool, "method": method, **scores(evaluate(path, batches), reference, labels,
                                                                    held_out), "quantize_s": wall, "peak_gb": peak})

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "datasets"))
 
-from bench_accuracy_peers import PEERS, peer_python, run_peer  # noqa: E402
+from bench_accuracy_peers import quantize_with_peers  # noqa: E402
 from cut_text_lines import cut  # noqa: E402
 from fetch_paddle_models import fetch  # noqa: E402
 
@@ -72,7 +71,7 @@ def main() -> None:
     model, detector = models / "ch_PP-OCRv4_rec_infer.onnx", models / "ch_PP-OCRv4_det_infer.onnx"
     pages = sorted(p for p in args.pages.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     spec = model_preprocess(model, "paddle-ocr-rec", (48, 320))
-    rows, failures = [], {}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="calibkit-rec-peers-") as tmp:
         tmp = Path(tmp)
         calib_lines = cut(detector, pages[0::2], tmp / "calib", len(pages[0::2]))
@@ -90,21 +89,8 @@ def main() -> None:
             wall = time.perf_counter() - start
             for label in json.loads((run / "summary.json").read_text())["methods"]:
                 candidates.append(("calibkit (.qdq.onnx)", label, run / f"{label}.qdq.onnx", wall))
-        for tool in (t for t in tools if t in PEERS):
-            try:
-                python = peer_python(tool, args.venvs)
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                failures[tool] = str(exc)
-                continue
-            for method in PEERS[tool]["methods"]:
-                out, given = tmp / f"{tool}-{method}.onnx", shutil.copy(model, tmp / f"{tool}-{method}-input.onnx")
-                try:
-                    wall, _ = run_peer(python, PEERS[tool]["code"], [str(calib), str(given), str(out), method,
-                                                                     str(calib_lines)])
-                except RuntimeError as exc:
-                    failures[f"{tool} {method}"] = str(exc)
-                    continue
-                candidates.append((tool, method, out, wall))
+        peers, failures = quantize_with_peers(tools, args.venvs, calib, model, tmp, lambda tool: calib_lines)
+        candidates += [(tool, method, path, wall) for tool, method, path, wall, _ in peers]
         for tool, method, path, wall in candidates:
             rows.append({"tool": tool, "method": method, **scores(reference, readings(path, batches, True)),
                          "quantize_s": wall})
