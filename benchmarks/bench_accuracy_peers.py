@@ -114,8 +114,11 @@ def peer_python(tool: str, venvs: Path) -> Path:
 
 def run_peer(python: Path, code: str, args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one quantization in the peer's interpreter."""
-    wrapper = ("import resource, sys\ntry:\n    exec(compile(open(sys.argv.pop(1)).read(), 'peer', 'exec'))\n"
-               "finally:\n    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    # The kernel's high-water mark of the peer's own memory: ru_maxrss would include this process's, which
+    # Linux carries over into the child across exec.
+    wrapper = ("import sys\ntry:\n    exec(compile(open(sys.argv.pop(1)).read(), 'peer', 'exec'))\n"
+               "finally:\n    print('PEAK_RSS_KB', next(int(line.split()[1]) for line in open('/proc/self/status')\n"
+               "                              if line.startswith('VmHWM:')), file=sys.stderr)")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(code)
     start = time.perf_counter()

@@ -36,9 +36,10 @@ from calibkit.workflow import model_preprocess  # noqa: E402
 
 def run_cli(args: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GB) and stderr of one ``calibkit`` command in its own process."""
-    code = ("import resource, sys, runpy; sys.argv = ['calibkit'] + sys.argv[1:]\n"
+    code = ("import sys, runpy; sys.argv = ['calibkit'] + sys.argv[1:]\n"
+            "from calibkit.memory import peak_rss_gb\n"
             "try:\n    runpy.run_module('calibkit.cli', run_name='__main__')\n"
-            "finally:\n    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+            "finally:\n    print('PEAK_RSS_KB', round(peak_rss_gb() * (1 << 20)), file=sys.stderr)")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env={**os.environ, "CALIBKIT_QUIET": "1"}, cwd=ROOT)

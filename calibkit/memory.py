@@ -1,4 +1,5 @@
-"""Handing the C heap's freed memory back to the operating system between the stages of one command.
+"""This process's memory: its peak, and handing the C heap's freed memory back to the operating system
+between the stages of one command.
 
 ONNX Runtime sessions allocate through ``malloc`` from several threads. Once a stage's sessions are gone,
 glibc keeps most of what they freed: after the demo's sensitivity ranking (16 suffix sessions at a time)
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
 import sys
 from functools import lru_cache
 
@@ -31,3 +33,20 @@ def trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GB.
+
+    On Linux, the kernel's high-water mark of this process's own memory (``VmHWM``). ``ru_maxrss`` is
+    not that: Linux carries it over from the process that started this one, so calibkit launched from a
+    2 GB notebook kernel or test runner reported 2 GB for a command that peaked at 0.86 GB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)

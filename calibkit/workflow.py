@@ -6,7 +6,6 @@ pick images -> collect statistics once -> every calibrator -> cache + JSON + Q/D
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import warnings
@@ -34,7 +33,7 @@ from calibkit.distributed import check_backend, sharded_statistics
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
-from calibkit.memory import trim_heap
+from calibkit.memory import peak_rss_gb, trim_heap
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
@@ -496,12 +495,6 @@ def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candida
     if not kept:
         raise CalibkitError("every evaluation image was a calibration image; pass other --images to evaluate on")
     return kept, f"{len(shared)} calibration images left out of the evaluation; {len(kept)} evaluated."
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
 
 
 def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
