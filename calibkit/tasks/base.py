@@ -154,9 +154,9 @@ class Task:
         raise CalibkitError(f"task {self.name} has no accuracy budget; drop --accuracy-budget")
 
     def drift_sums(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The sums :meth:`drift` is made of, on one batch: added over batches and handed to
-        :meth:`drift_of`, they give the drift of all of them without holding any outputs. Here, per output,
-        its noise energy and its energy."""
+        """The sums a smooth distance between two models' outputs is made of, on one batch, for ranking
+        layer sensitivity: added over batches and handed to :meth:`drift_of`, they give the distance over
+        all of them without holding any outputs. Here, per output, its noise energy and its energy."""
         sums = []
         for name, ref in reference.items():
             ref64 = np.asarray(ref, np.float64)
@@ -164,14 +164,9 @@ class Task:
         return np.array(sums)
 
     def drift_of(self, sums: np.ndarray) -> float:
-        """The drift from :meth:`drift_sums` added over batches: here the summed relative noise energy of
-        every output."""
+        """The distance from :meth:`drift_sums` added over batches (0 for identical outputs): here the
+        summed relative noise energy of every output."""
         return float(np.sum(sums[0::2] / np.maximum(sums[1::2], 1e-30)))
-
-    def drift(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> float:
-        """A smooth distance between two models' outputs, for ranking layer sensitivity (0 for identical
-        outputs)."""
-        return self.drift_of(self.drift_sums(reference, candidate))
 
     def metric_keys(self) -> list[str]:
         return [m.key for m in self.metrics]

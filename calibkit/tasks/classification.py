@@ -96,9 +96,7 @@ class Classification(Task):
         return len(outputs) == 1 and len(outputs[0].shape) == 2
 
     def decode(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
-        # A copy: predictions can be kept for a whole search, and a session's output array holds on to the
-        # session's memory arena.
-        logits = np.array(outputs[self.output], np.float32)
+        logits = np.asarray(outputs[self.output], np.float32)
         return list(logits.reshape(len(logits), -1))
 
     def scorer(self) -> ClassificationScorer:
