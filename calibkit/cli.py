@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
+from calibkit.engine.commands import add_build_engine, add_engine_options, engine_settings
 from calibkit.errors import CalibkitError
 from calibkit.progress import set_quiet, show_warning
 
@@ -107,10 +108,11 @@ def _task(args: argparse.Namespace, spec, items=()):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from calibkit.backends import load
+    from calibkit.backends import load, require
     from calibkit.compare.inference import evaluate
     from calibkit.data.images import discover_images
 
+    require(args.backend)
     spec = _preprocess(args)
     items = discover_images(args.images, args.labels)
     task = _task(args, spec, items)
@@ -174,10 +176,13 @@ def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str])
 
 
 def _int8_from_spec(model: Path, spec: str, out: Path, exclude: Sequence[str] = ()):
-    """INT8 candidates from ``RUN_DIR`` or ``RUN_DIR:method+method``; exports the run lacks go to ``out``."""
+    """INT8 candidates from ``RUN_DIR``, ``RUN_DIR:method+method`` or one ranges JSON; exports the run
+    lacks go to ``out``."""
     from calibkit.run_folder import check_not_a_run
-    from calibkit.workflow import int8_candidates
+    from calibkit.workflow import int8_candidates, ranges_candidate
 
+    if spec.endswith(".json") and Path(spec).is_file():
+        return [ranges_candidate(model, Path(spec), out, exclude)]
     run_dir, _, labels = spec.partition(":")
     check_not_a_run(out, [Path(run_dir)])
     return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude, out)
@@ -222,6 +227,9 @@ def _summarise(result: dict, report: Path) -> None:
             shown.append(speed_text(speed[-1]))
         lines.append(f"  {verdict_line(c['name'], c['verdict'])}")
         lines.append(f"      {'  '.join(shown)}  output SQNR {c['metrics']['output_sqnr']:.1f} dB")
+    from calibkit.engine.summary import engine_lines
+
+    lines += engine_lines(comparison.get("engine"))
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -232,7 +240,7 @@ def _report_path(args: argparse.Namespace) -> Path:
     return ensure_writable_file(args.report or (args.out / "report.html"))
 
 
-def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None) -> int:
+def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None, engines=None) -> int:
     from calibkit.data.images import discover_images
     from calibkit.workflow import calibration_overlap, compare_and_report
 
@@ -248,6 +256,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
         args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
         run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
+        engines,
     )
     _summarise(result, report)
     return _gate(result)
@@ -259,11 +268,12 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
 
     if args.compare:
         _report_path(args)
-    run = _run_calibration(args)
+    engines = engine_settings(args)
+    run = _run_calibration(args, None if args.compare else engines)
     if not args.compare:
         return 0
     candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
-    return _compare_outputs(args, candidates, run, note)
+    return _compare_outputs(args, candidates, run, note, engines)
 
 
 def timing_text(timings: dict[str, float]) -> str:
@@ -272,7 +282,8 @@ def timing_text(timings: dict[str, float]) -> str:
                      if key != "total_s")
 
 
-def _run_calibration(args: argparse.Namespace):
+def _run_calibration(args: argparse.Namespace, engines=None):
+    from calibkit.engine.summary import engine_lines
     from calibkit.workflow import calibrate
 
     run = calibrate(
@@ -280,7 +291,7 @@ def _run_calibration(args: argparse.Namespace):
         seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
         equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
-        bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray,
+        bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray, engines=engines,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -289,6 +300,8 @@ def _run_calibration(args: argparse.Namespace):
         f"  stages: {timing_text(run.timings)}",
         file=sys.stderr,
     )
+    if run.engine:
+        print("\n".join(engine_lines(run.engine)), file=sys.stderr)
     _print_json({"out": str(run.out), "methods": list(run.calibrators), "timings": run.timings})
     return run
 
@@ -304,17 +317,52 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
     graph = run_graph(args.model, Path(args.ranges).parent)
     weights = None if args.nearest_weights else run_weights(Path(args.ranges).parent)
+    engines = engine_settings(args) if args.target == "tensorrt" else None
     path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target, weights=weights)
     print(f"wrote {path}", file=sys.stderr)
+    if engines is not None:
+        _check_quantized(args.model, path, engines)
+    return 0
+
+
+def _check_quantized(model: Path, path: Path, engines) -> None:
+    """What TensorRT-RTX builds of a model ``quantize`` wrote, on the terminal."""
+    from calibkit.engine.check import EngineModel
+    from calibkit.engine.commands import build_shape
+    from calibkit.engine.summary import check_engines, engine_lines
+
+    try:
+        shape = build_shape(model)
+    except CalibkitError as exc:
+        print(f"calibkit: note: engine check skipped ({exc})", file=sys.stderr)
+        return
+    section = check_engines([EngineModel(path.name, "int8", path, path.stem)], shape, engines)
+    print("\n".join(engine_lines(section)), file=sys.stderr)
+
+
+def cmd_import_cache(args: argparse.Namespace) -> int:
+    from calibkit.artifacts.cache_import import import_cache
+    from calibkit.fileio import ensure_writable_file
+
+    ensure_writable_file(args.out)
+    done = import_cache(args.cache, args.model, args.out)
+    print(f"wrote {done.out}: ranges of {len(done.matched)} tensors from a TRT-{done.version}-{done.algorithm} cache; "
+          f"calibkit quantize --model {args.model} --ranges {done.out} writes its Q/DQ model", file=sys.stderr)
+    if done.unmatched:
+        shown = ", ".join(done.unmatched[:8]) + (" ..." if len(done.unmatched) > 8 else "")
+        print(f"calibkit: note: {len(done.unmatched)} cache entries name no tensor of {args.model} and were left "
+              f"out: {shown}", file=sys.stderr)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from calibkit.backends import available_backends
+    from calibkit.backends import available_backends, require
     from calibkit.bench.table import format_table
     from calibkit.fileio import ensure_writable_file
     from calibkit.workflow import bench_models, fp16_candidate, input_shape, usable_batch_sizes
 
+    if args.backend != "all":
+        require(args.backend)
     if args.json:
         ensure_writable_file(args.json)
     candidates = _int8_from_spec(args.model, args.int8, args.out) if args.int8 else []
@@ -341,11 +389,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from calibkit.backends import require
     from calibkit.distributed import check_backend
 
     check_backend(args.ray, args.backend)
+    require(args.backend)
     _report_path(args)
-    return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude))
+    engines = engine_settings(args)
+    return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude),
+                            engines=engines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -389,6 +441,7 @@ EXAMPLES = {
     "bench": "calibkit bench --model model.onnx --int8 runs/m:mse --fp16 --batch-sizes 1,8",
     "compare": "calibkit compare --model model.onnx --images val/ --candidates int8:runs/m:mse+minmax,fp16",
     "demo": "calibkit demo --out reports/demo",
+    "import-cache": "calibkit import-cache --model model.onnx --cache calib.cache --out runs/trt10.json",
 }
 
 
@@ -407,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("eval", "FP32 top-1/top-5 of a model on labelled images")
     _add_model(p)
     _add_images(p)
-    p.add_argument("--backend", "--provider", dest="backend", default="ort-cpu", help="ort-cpu, ort-cuda, tensorrt")
+    p.add_argument("--backend", "--provider", dest="backend", default="ort-cpu",
+                   help="ort-cpu, ort-cuda, tensorrt, tensorrt-rtx, or a plug-in")
     _add_task(p)
     p.set_defaults(func=cmd_eval)
 
@@ -436,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=None)
+    add_engine_options(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = command("quantize", "write a Q/DQ ONNX model from a ranges JSON")
@@ -446,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--nearest-weights", action="store_true",
                    help="round weights to nearest and keep the exported biases, ignoring the run's weights.npz")
+    add_engine_options(p, write=False)
     p.set_defaults(func=cmd_quantize)
 
     p = command("bench", "latency and throughput of FP32, INT8 and FP16 models (random inputs of the model's shape)")
@@ -453,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess(p, shape_only=True)
     p.add_argument("--int8", help="RUN_DIR[:method+method] of calibkit calibrate")
     p.add_argument("--fp16", action="store_true", help="also export and time the FP16 model")
-    p.add_argument("--backend", default="all", help="all (every backend available here), ort-cpu, ort-cuda, tensorrt")
+    p.add_argument("--backend", default="all",
+                   help="all (every backend available here), ort-cpu, ort-cuda, tensorrt, tensorrt-rtx, or a plug-in")
     p.add_argument("--batch-sizes", type=_batch_sizes, default="1,8,32", help="comma list")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where models the run lacks are written")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -462,13 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", "FP32 vs candidates: accuracy, drift per layer, speed, HTML report")
     _add_model(p)
     _add_images(p)
-    p.add_argument("--candidates", required=True, help="comma list: int8:RUN_DIR[:method+method], fp16")
+    p.add_argument("--candidates", required=True,
+                   help="comma list: int8:RUN_DIR[:method+method], int8:RANGES.json, fp16")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")
     p.add_argument("--backend", default="ort-cpu",
-                   help="where every model runs and is timed: ort-cpu or ort-cuda (per-layer drift stays on the CPU)")
+                   help="where every model runs and is timed: ort-cpu, ort-cuda, tensorrt, tensorrt-rtx (per-layer drift "
+                        "stays on the CPU)")
     _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=Path("reports/compare"))
+    add_engine_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = command("demo", "the whole chain on EfficientNet-Lite0 and the shared photos")
@@ -481,7 +541,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, out_default=None, with_out=False)
     p.add_argument("--no-accuracy-budget", dest="accuracy_budget", action="store_const", const=None,
                    help="skip the layer sensitivity ranking and the budget fit")
+    add_engine_options(p)
     p.set_defaults(func=cmd_demo, accuracy_budget=DEMO_BUDGET)
+    add_build_engine(sub)
+
+    p = command("import-cache", "read a TensorRT calibration cache (trtexec, Polygraphy, Ultralytics) as calibkit ranges")
+    _add_model(p)
+    p.add_argument("--cache", type=Path, required=True, help="TensorRT calibration cache (TRT-<version>-<algorithm>)")
+    p.add_argument("--out", type=Path, required=True, help="ranges JSON to write (quantize --ranges takes it)")
+    p.set_defaults(func=cmd_import_cache)
     return parser
 
 

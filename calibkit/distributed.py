@@ -50,7 +50,9 @@ SENSITIVITY_SHARD = 8
 
 def check_backend(address: str | None, backend: str) -> None:
     """Refuse Ray with a GPU backend before any work: Ray tasks run on CPU workers."""
-    if address and backend != "ort-cpu":
+    from calibkit.backends.base import backend_info
+
+    if address and not backend_info(backend).ray:
         raise CalibkitError(f"--ray runs its tasks on CPU workers, not on {backend}; drop --backend or --ray")
 
 

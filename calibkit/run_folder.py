@@ -13,7 +13,10 @@ SUMMARY = "summary.json"
 
 # Files a run writes once, whatever its methods.
 RUN_FILES = (SUMMARY, "stats.npz", "images.txt", "weights.npz", "model.calibrated.onnx", "model.fp16.onnx", "report.html",
-             "report.json")
+             "report.json", "engine-check.json")
+
+# TensorRT-RTX engines a run keeps (--write-engines), per calibrator label and for fp32/fp16.
+ENGINES = "{label}.*.trtrtx.engine"
 
 # Files a run writes per calibrator label, found from the label's TensorRT cache.
 PER_METHOD = ("{label}.cache", "{label}.json", "{label}.qdq.onnx", "{label}.ort.onnx")
@@ -29,6 +32,7 @@ def earlier_run_files(out: Path) -> list[Path]:
     names = [*RUN_FILES, *(pattern.format(label=label) for label in labels for pattern in PER_METHOD)]
     found = [out / name for name in names if (out / name).is_file()]
     found += [p for label in labels for p in out.glob(MIXED.format(label=label)) if p.is_file()]
+    found += [p for label in [*labels, "fp32", "fp16"] for p in out.glob(ENGINES.format(label=label)) if p.is_file()]
     return sorted(set(found))
 
 

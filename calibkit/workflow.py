@@ -23,6 +23,7 @@ from calibkit.artifacts.qdq import resolve_exclusions
 from calibkit.artifacts.ranges_json import read_ranges
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.backends import require
+from calibkit.backends.base import backend_info
 from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, get_calibrator, parse_methods,
                                      warn_clipping)
 from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
@@ -30,6 +31,7 @@ from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
 from calibkit.distributed import check_backend, sharded_statistics
+from calibkit.engine.summary import EngineSettings, reproducible
 from calibkit.errors import CalibkitError
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
@@ -44,7 +46,7 @@ from calibkit.samplers.embedding import readable_embeddings, thumbnail_embedding
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import Reference, sufficiency
 from calibkit.stats.channels import channel_absmax
-from calibkit.stats.collect import STATS_BATCH_SIZES, CollectedStats, collect_statistics
+from calibkit.stats.collect import CollectedStats, collect_statistics
 from calibkit.stats.histogram import DEFAULT_BINS
 from calibkit.stats.moments import MOMENT_IMAGES, MomentCollector, weighted_layers
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
@@ -63,10 +65,14 @@ class CalibrationRun:
     timings: dict[str, float] = field(default_factory=dict)
     sufficiency: dict | None = None
     coverage: dict | None = None
+    engine: dict | None = None
 
 
 # The FP32 graph a run calibrated, when it differs from the user's (depthwise inputs equalised).
 CALIBRATED_GRAPH = "model.calibrated.onnx"
+
+# What TensorRT-RTX built of a run's models (:mod:`calibkit.engine`).
+ENGINE_CHECK = "engine-check.json"
 
 # A run's INT8 weight levels and corrected biases (:mod:`calibkit.calib.weights`), shared by its calibrators.
 RUN_WEIGHTS = "weights.npz"
@@ -135,6 +141,18 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
         candidates.append(Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"],
                                     paths["onnxruntime"], label, run_dir / f"{label}.json", source, kept_float))
     return candidates
+
+
+def ranges_candidate(model: Path, ranges_file: Path, out: Path, exclude: Sequence[str] = ()) -> Candidate:
+    """An INT8 candidate from one ranges JSON (say one ``calibkit import-cache`` wrote from a TensorRT 10
+    cache), exported into ``out`` with the weights of the run folder it sits in, where it sits in one."""
+    ranges, document = read_ranges(ranges_file)
+    check_made_from(model, document.get("provenance", {}).get("model_sha256"), ranges_file, "ranges")
+    label = Path(ranges_file).name.removesuffix(".json")
+    source = run_graph(model, Path(ranges_file).parent)
+    paths = export_targets(source, Path(out), label, ranges, tuple(exclude), run_weights(Path(ranges_file).parent))
+    return Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"], paths["onnxruntime"], label,
+                     Path(ranges_file), source, tuple(exclude))
 
 
 def fp16_candidate(model: Path, out: Path) -> Candidate:
@@ -217,25 +235,28 @@ def calibrate(
     bias_correction: bool = True,
     backend: str = "ort-cpu",
     ray: str | None = None,
+    engines: EngineSettings | None = None,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
-    ``batch_size`` defaults to the statistics pass's own (``STATS_BATCH_SIZES``). With
+    ``batch_size`` defaults to the backend's statistics batch (``BackendInfo.stats_batch``). With
     ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     ``weight_rounding`` and ``bias_correction`` choose the INT8 weights every Q/DQ model of the run ships
     (:mod:`calibkit.calib.weights`), kept as ``weights.npz``. ``backend="ort-cuda"`` runs the statistics
     pass on the GPU (:mod:`calibkit.stats.device`); ``ray`` (an address, or ``local``) splits it into Ray
-    tasks (:mod:`calibkit.distributed`), with the same artefacts.
+    tasks (:mod:`calibkit.distributed`), with the same artefacts. ``engines`` (resolved settings) builds
+    the FP32, FP16 and every INT8 Q/DQ model with TensorRT-RTX afterwards (:mod:`calibkit.engine`) and keeps
+    what the builder made of them as ``engine-check.json``.
     """
     began = time.perf_counter()
     model, out = Path(model), Path(out)
     calibrators = {c.label: c for c in parse_methods(methods)}
     check_rounding(weight_rounding)
     check_backend(ray, backend)
-    require(backend, list(STATS_BATCH_SIZES))
+    require(backend, lambda info: info.stats_batch is not None, "the statistics pass")
     ensure_writable_dir(out)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
@@ -266,7 +287,7 @@ def calibrate(
     layers = weighted_layers(calibrated, quantized_nodes(calibrated))
     moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
                if weight_rounding != "nearest" or bias_correction else None)
-    batch = batch_size or STATS_BATCH_SIZES[backend]
+    batch = batch_size or backend_info(backend).stats_batch
     if ray:
         stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray)
     else:
@@ -308,11 +329,35 @@ def calibrate(
     with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
         enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
     timings["export_s"] = time.perf_counter() - start
+    engine = None
+    if engines is not None:
+        start = time.perf_counter()
+        built = [Candidate(f"int8 {label}", "int8", qdq_paths(out, label)["tensorrt"], calibrator=label)
+                 for label in calibrators]
+        engine = engine_check(model, built, spec, engines, out)
+        write_text_atomic(out / ENGINE_CHECK, json.dumps(reproducible(engine), indent=1) + "\n")
+        timings["engine_check_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - began
     summary = {"model": str(model), "methods": list(calibrators), "exclude": list(exclude), "timings": timings,
                **stats.provenance, "coverage": coverage, "sufficiency": enough}
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage)
+    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine)
+
+
+def engine_check(model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,
+                 settings: EngineSettings, out: Path) -> dict:
+    """What TensorRT-RTX builds of the FP32 model, the FP16 model (exported into ``out`` when no candidate
+    is FP16) and every candidate (:func:`calibkit.engine.summary.check_engines`); engines kept in ``out``
+    with ``settings.write_engines``."""
+    from calibkit.engine.check import EngineModel
+    from calibkit.engine.summary import check_engines
+
+    if not any(c.precision == "fp16" for c in candidates):
+        candidates = [*candidates, fp16_candidate(model, out)]
+    models = [EngineModel("fp32", "fp32", Path(model), "fp32")]
+    models += [EngineModel(c.name, c.precision, c.model, c.calibrator or c.precision) for c in candidates]
+    shape = check_shape(model, load_model(model), preprocess)
+    return check_engines(models, shape, settings, Path(out))
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
@@ -324,8 +369,7 @@ def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[
     from calibkit.backends import load
     from calibkit.bench.speed import measure_interleaved, with_ratios
 
-    options = {"shared_arena": True} if backend.startswith("ort") else {}
-    sessions = [(name, precision, load(path, precision, backend, **options)) for name, precision, path in models]
+    sessions = [(name, precision, load(path, precision, backend, shared_arena=True)) for name, precision, path in models]
     with progress(len(batch_sizes), "benchmarking (interleaved rounds)", unit="batch size") as bar:
         results = []
         for batch in batch_sizes:
@@ -377,18 +421,20 @@ def compare_and_report(
     budget_metric: str = "auto",
     backend: str = "ort-cpu",
     ray: str | None = None,
+    engines: EngineSettings | None = None,
 ) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
     failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
     With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
-    (:mod:`calibkit.distributed`). Returns the JSON document."""
+    (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
+    model (:func:`engine_check`). Returns the JSON document."""
     from calibkit.compare.run import compare_models
     from calibkit.compare.verdict import judge, rules_for
     from calibkit.distributed import sharded_comparison
     from calibkit.report.html import write_report
 
-    require(backend, ["ort-cpu", "ort-cuda"])
+    require(backend)
     check_backend(ray, backend)
     unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
     if accuracy_budget is not None:
@@ -411,12 +457,24 @@ def compare_and_report(
         if sensitivity["budget"]["models"]:
             models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
         trim_heap()
+    if engines is not None:
+        started = time.perf_counter()
+        built = list(candidates)
+        if comparison.get("sensitivity", {}).get("budget", {}).get("models"):
+            mixed = comparison["sensitivity"]
+            built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
+                                   calibrator=f"{mixed['calibrator']}.mixed"))
+        comparison["engine"] = engine_check(model, built, preprocess, engines, Path(report).parent)
+        comparison["timings"]["engine_check_s"] = time.perf_counter() - started
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}
     extras, calibration_rows = calibration_sections(run, candidates)
     provenance.update(calibration_rows)
     provenance.update(environment([item.path for item in items]))
+    if comparison.get("engine"):
+        engine = comparison["engine"]
+        provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
     provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
     write_report(report, comparison, [], provenance=provenance, **extras)
     speed: list[dict] = []
@@ -426,10 +484,15 @@ def compare_and_report(
             speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
             comparison["timings"]["bench_s"] = time.perf_counter() - started
             started = time.perf_counter()
-            if backend == "ort-cpu":
+            profiling = backend_info(backend).profiling
+            if profiling == "ops":
                 comparison["profiles"] = op_profiles(models, input_shape(preprocess))
-            else:
+            elif profiling == "placement":
                 comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
+            elif profiling == "layers":
+                from calibkit.bench.profile import engine_layer_times
+
+                comparison["layer_times"] = engine_layer_times(models, input_shape(preprocess), backend)
             comparison["timings"]["profile_s"] = time.perf_counter() - started
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)

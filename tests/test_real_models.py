@@ -28,6 +28,30 @@ def calibrate_then_compare(model, calib, evaluate, out, preprocess, methods, *ex
     return document, (out / "report" / "report.html").read_text(), done.stderr
 
 
+def assert_every_int8_convolution_runs_int8(document, html):
+    """What TensorRT-RTX built (when installed): every candidate builds, every convolution and matrix
+    product calibkit quantized runs INT8, and each node's precision is that of the builder's own layer."""
+    from calibkit.engine import builder
+
+    engine = document["comparison"].get("engine")
+    if not builder.available():
+        return
+    assert engine is not None, "the engine check runs by default where TensorRT-RTX is installed"
+    assert "What TensorRT builds" in html and "structure" in html
+    for model in engine["models"]:
+        assert model["built"], f"{model['name']}: {model['errors']}"
+        if model["precision"] != "int8":
+            continue
+        assert model["fell_to_float"] == [], f"{model['name']}: {model['verdict']}"
+        layers = {layer["name"]: layer for layer in model["layers"]}
+        requested = [n for n in model["nodes"] if n["requested"] == "int8"]
+        assert requested and all(n["engine"] == "Int8" for n in requested)
+        for node in requested:
+            layer = layers[node["layer"]]
+            assert node["node"] in layer["onnx_nodes"] and layer["precision"] == "Int8"
+        assert model["versus_fp16"]["kernels"] > 0
+
+
 def peak_gb(document) -> float:
     return float(document["provenance"]["peak RSS so far (GB)"])
 
@@ -49,6 +73,8 @@ def test_picodet_layout_detector(paddle_models, doc_pages, tmp_path):
         assert entropy["verdict"]["status"] == "unusable" and "int8 entropy2: UNUSABLE" in err
     assert "top-1" not in html and "Detection metrics" in html and "data:image/png;base64," in html
     assert peak_gb(document) < 2.0
+    assert_every_int8_convolution_runs_int8(document, html)
+
 
 
 def test_ocr_text_detector_probability_map(paddle_models, doc_pages, tmp_path):
@@ -62,6 +88,8 @@ def test_ocr_text_detector_probability_map(paddle_models, doc_pages, tmp_path):
         assert 0 <= c["metrics"]["miou"] <= 1 and c["metrics"]["pixel_agreement"] > 50
     assert "Dense metrics" in html and "top-5" not in html
     assert peak_gb(document) < 2.0
+    assert_every_int8_convolution_runs_int8(document, html)
+
 
 
 def test_ocr_recogniser_ctc(paddle_models, text_lines, tmp_path):
@@ -71,6 +99,8 @@ def test_ocr_recogniser_ctc(paddle_models, text_lines, tmp_path):
     candidates = {c["name"]: c for c in document["comparison"]["candidates"]}
     assert candidates["fp16"]["metrics"]["cer"] < 5 and candidates["fp16"]["metrics"]["exact"] > 80
     assert "character error rate" in html
+    assert_every_int8_convolution_runs_int8(document, html)
+
 
 
 def test_text_direction_classifier_without_labels(paddle_models, text_lines, tmp_path):
@@ -80,6 +110,8 @@ def test_text_direction_classifier_without_labels(paddle_models, text_lines, tmp
     comparison = document["comparison"]
     assert comparison["task"]["name"] == "classification" and not comparison["labelled"]
     assert all(c["metrics"]["agreement"] is not None for c in comparison["candidates"])
+    assert_every_int8_convolution_runs_int8(document, html)
+
 
 
 def test_random_weight_transformer_runs_end_to_end(tiny_vit, shared_images, tmp_path):
@@ -95,6 +127,7 @@ def test_random_weight_transformer_runs_end_to_end(tiny_vit, shared_images, tmp_
     assert done.returncode in (0, 3), done.stderr[-2000:]
     assert "fallback range" not in done.stderr, "LayerNorm parameters behind Identity are not calibrated"
     document = json.loads((run / "report.json").read_text())
+    assert_every_int8_convolution_runs_int8(document, (run / "report.html").read_text())
     comparison = document["comparison"]
     assert comparison["task"]["name"] == "classification"
     for candidate in comparison["candidates"]:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from calibkit.backends.base import BackendInfo
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import load_model, with_outputs
 
@@ -195,6 +196,11 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def _check_cuda() -> None:
+    if not cuda_available():
+        raise CalibkitError("backend ort-cuda needs onnxruntime-gpu: pip install 'calibkit[gpu]' on a CUDA machine")
+
+
 # TF32 off: convolutions and products in full float32, so GPU statistics and accuracy match the CPU's.
 CUDA_OPTIONS = {"device_id": 0, "use_tf32": 0}
 
@@ -202,10 +208,19 @@ CUDA_OPTIONS = {"device_id": 0, "use_tf32": 0}
 def load_cuda(model_path: Path, precision: str = "fp32", **options) -> OrtSession:
     """ONNX Runtime's CUDA provider; needs ``pip install calibkit[gpu]`` (onnxruntime-gpu). The CUDA and
     cuDNN libraries of NVIDIA's pip packages are loaded first where ONNX Runtime can do that."""
-    if not cuda_available():
-        raise CalibkitError("backend ort-cuda needs onnxruntime-gpu: pip install 'calibkit[gpu]' on a CUDA machine")
+    _check_cuda()
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     return OrtSession(model_path, [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"],
                       backend="ort-cuda", **options)
 
+
+
+# Every OrtSession option: both ONNX Runtime backends take them all.
+SESSION_OPTIONS = frozenset({"expose", "threads", "model", "arena", "spinning", "qdq_as_written", "shared_arena"})
+# On the CPU single images measured fastest in the statistics pass (one image's activations stay in cache
+# while they are binned); on the GPU a batch of 8 keeps the device busy.
+CPU = BackendInfo("ort-cpu", "ONNX Runtime CPU", "cpu", load_cpu, stats_batch=1, ray=True, profiling="ops",
+                  options=SESSION_OPTIONS)
+CUDA = BackendInfo("ort-cuda", "ONNX Runtime CUDA", "gpu", load_cuda, check=_check_cuda, stats_batch=8,
+                   profiling="placement", options=SESSION_OPTIONS)

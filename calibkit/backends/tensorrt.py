@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from calibkit.backends.base import BackendInfo
 from calibkit.errors import CalibkitError
 from calibkit.fileio import cache_dir
 from calibkit.onnx_model import file_sha256
@@ -158,17 +159,18 @@ def build_engine(
 
 
 class TrtSession:
-    """Runs a TensorRT engine on host NumPy batches; optional per-layer timing through IProfiler."""
+    """Runs a serialized TensorRT (or TensorRT-RTX: same runtime API) engine on host NumPy batches, with
+    device buffers from cuda-python; optional per-layer timing through IProfiler. ``make_context`` opens
+    the execution context where a runtime needs more than the engine (TensorRT-RTX's runtime cache)."""
 
-    backend = "tensorrt"
-
-    def __init__(self, model_path: Path, precision: str = "fp32", profile_layers: bool = False, **build) -> None:
-        trt, cudart = _import()
+    def __init__(self, plan: bytes, trt, cudart, profile_layers: bool = False, backend: str = "tensorrt",
+                 make_context=None) -> None:
         self._trt, self._cudart = trt, cudart
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-            build_engine(Path(model_path), precision, **build)
-        )
-        self.context = self.engine.create_execution_context()
+        self.backend = backend
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise CalibkitError(f"{backend}: the engine could not be loaded on this GPU (see the runtime's log above)")
+        self.context = make_context(self.engine) if make_context else self.engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -200,6 +202,23 @@ class TrtSession:
             self._buffers[name] = (pointer, nbytes)
         return pointer
 
+    def timer(self, batch: np.ndarray):
+        """A call that runs ``batch`` once with input and outputs left in device memory and returns the GPU
+        time between two CUDA events around the enqueue, in ms (:func:`calibkit.bench.speed._timed_call`)."""
+        cudart = self._cudart
+        self.run(batch)  # sizes and binds every device buffer for this batch shape
+        start, stop = _check(cudart.cudaEventCreate()), _check(cudart.cudaEventCreate())
+
+        def call() -> float:
+            _check(cudart.cudaEventRecord(start, self.stream))
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise CalibkitError(f"{self.backend} execution failed")
+            _check(cudart.cudaEventRecord(stop, self.stream))
+            _check(cudart.cudaEventSynchronize(stop))
+            return float(_check(cudart.cudaEventElapsedTime(start, stop)))
+
+        return call
+
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         trt, cudart = self._trt, self._cudart
         dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
@@ -228,12 +247,17 @@ class TrtSession:
             self._cudart.cudaFree(pointer)
 
 
-# Session options that only ONNX Runtime has (memory arena, thread spinning, its Q/DQ rewrites): an engine
-# has no counterpart, so callers may pass them to every backend alike.
-ORT_ONLY_OPTIONS = ("arena", "spinning", "qdq_as_written", "shared_arena")
+def _check_installed() -> None:
+    if not available():
+        raise CalibkitError(INSTALL_HINT)
 
 
-def load(model_path: Path, precision: str = "fp32", **options) -> TrtSession:
+def load(model_path: Path, precision: str = "fp32", profile_layers: bool = False, **build) -> TrtSession:
     """Build (or reuse) an engine for ``model_path`` and return a session on GPU 0."""
-    build = {key: value for key, value in options.items() if key not in ORT_ONLY_OPTIONS}
-    return TrtSession(Path(model_path), precision, **build)
+    trt, cudart = _import()
+    return TrtSession(build_engine(Path(model_path), precision, **build), trt, cudart, profile_layers)
+
+
+INFO = BackendInfo("tensorrt", "TensorRT", "gpu", load, check=_check_installed, exposes_tensors=False, profiling="layers",
+                   builds_engines=True, options=frozenset({"profile_layers", "calibration_cache", "max_batch",
+                                                          "workspace_mb", "strongly_typed"}))

@@ -90,3 +90,20 @@ def cpu_fallbacks(model: Path, input_shape: Sequence[int], providers: Sequence) 
             seen[event["name"][: -len("_kernel_time")]] = (args.get("op_name", ""), args.get("provider", ""))
     on_cpu = [{"node": name, "op": op} for name, (op, provider) in seen.items() if provider == "CPUExecutionProvider"]
     return {"nodes": len(seen), "on_cpu": on_cpu}
+
+
+def engine_layer_times(models: Sequence[tuple[str, str, Path]], shape: Sequence[int], backend: str,
+                       runs: int = 10, top: int = 30) -> dict[str, dict[str, float]]:
+    """Per model, the mean GPU time of its costliest engine layers (ms, batch 1), from the engine
+    runtime's IProfiler: for backends whose ``profiling`` is ``layers``."""
+    from calibkit.backends import load
+
+    data = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    found = {}
+    for name, precision, path in models:
+        session = load(path, precision, backend, profile_layers=True)
+        for _ in range(runs):
+            session.run(data)
+        costliest = sorted(session.layer_times_ms.items(), key=lambda item: -item[1])[:top]
+        found[name] = {layer: ms / runs for layer, ms in costliest}
+    return found

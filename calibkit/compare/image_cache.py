@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from calibkit.backends.onnxruntime import OrtSession
+from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import Batch
 
@@ -90,7 +90,7 @@ class ImageCache:
         one batch at a time. The outputs are copies a caller may keep (the ranking's reference, the budget's
         decoded predictions): an ONNX Runtime output array holds on to its session's memory arena, and
         keeping them kept 0.17 GB of EfficientNet's FP32 session under every sensitivity group."""
-        session = OrtSession(model, ["CPUExecutionProvider"], model=graph, qdq_as_written=True)
+        session = load(model, "fp32", "ort-cpu", model=graph, qdq_as_written=True)
         for batch in self:
             yield batch, {name: value.copy() for name, value in session.run(batch.array).items()}
 

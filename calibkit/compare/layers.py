@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibkit.backends.onnxruntime import OrtSession
+from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -171,9 +171,9 @@ class InlineLayerDrift:
         self.tensors = list(plan.sizes)
         self.images = self.images_left = images
         self.exposed = {name: [t for t in names if t in plan.sizes] for name, names in plan.shared.items()}
-        self.reference = OrtSession(reference, ["CPUExecutionProvider"], expose=self.tensors, arena=False,
+        self.reference = load(reference, "fp32", "ort-cpu", expose=self.tensors, arena=False,
                                     spinning=False)
-        self.sessions = {name: OrtSession(path, ["CPUExecutionProvider"], expose=self.exposed[name], arena=False,
+        self.sessions = {name: load(path, "fp32", "ort-cpu", expose=self.exposed[name], arena=False,
                                           spinning=False, qdq_as_written=True) for name, path in drift_models.items()}
         self.drifts = {name: {t: LayerDrift(t) for t in names} for name, names in plan.shared.items()}
 
@@ -249,9 +249,9 @@ def layer_drift(
     bar = progress(len(groups) * len(items), f"per-layer drift ({len(groups)} tensor group(s))")
     for group in groups:
         in_group = set(group)
-        ref_session = OrtSession(reference, ["CPUExecutionProvider"], expose=group, arena=False, spinning=False)
+        ref_session = load(reference, "fp32", "ort-cpu", expose=group, arena=False, spinning=False)
         exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
-        sessions = {name: OrtSession(drift_models[name], ["CPUExecutionProvider"], expose=exposed[name], arena=False,
+        sessions = {name: load(drift_models[name], "fp32", "ort-cpu", expose=exposed[name], arena=False,
                                      spinning=False, qdq_as_written=True) for name in shared if exposed[name]}
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
             ref_out = ref_session.run(batch.array, group)

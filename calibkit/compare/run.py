@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from calibkit.backends import load
+from calibkit.backends.base import backend_info
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
@@ -109,7 +110,8 @@ def compare_models(
     the per-layer drift, which exposes every tensor, always runs on the CPU.
     """
     drift_models, plan, layer_images = layer_plan(reference, candidates, items, preprocess, layer_images)
-    inline = layer_images if layer_images and backend == "ort-cpu" and InlineLayerDrift.fits(plan) and all(
+    info = backend_info(backend)
+    inline = layer_images if layer_images and info.exposes_tensors and not info.on_gpu and InlineLayerDrift.fits(plan) and all(
         c.drift_model in (None, c.model) for c in candidates) else 0
     started = time.perf_counter()
     part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibkit.backends.onnxruntime import OrtSession, pieces, unpadded
+from calibkit.backends import load
+from calibkit.backends.onnxruntime import pieces, unpadded
 
 # Bytes per batch of the base graph's tensors exposed for one group of suffixes, bytes of the weights
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
@@ -153,8 +154,8 @@ class SuffixRunner:
         self.exposed = list(dict.fromkeys(t for s in self.suffixes.values() for t in s.inputs + s.reused))
         # Many sessions take turns on the cores here: idle workers sleep rather than spin against the next.
         options = {"arena": False, "spinning": False, "qdq_as_written": True}
-        self.base = OrtSession(name, ["CPUExecutionProvider"], expose=self.exposed, model=base.model, **options)
-        self.sessions = {key: OrtSession(name, ["CPUExecutionProvider"], model=s.model, **options)
+        self.base = load(name, "fp32", "ort-cpu", expose=self.exposed, model=base.model, **options)
+        self.sessions = {key: load(name, "fp32", "ort-cpu", model=s.model, **options)
                          for key, s in self.suffixes.items() if s.model.graph.node}
 
     def run(self, batch: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:

@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 import jinja2
 import numpy as np
 
+from calibkit.backends.base import backend_info
+
 from calibkit.compare.verdict import parse_rule
 from calibkit.fileio import write_text_atomic
 from calibkit.report.provenance import cpu_name, gpu_name, usable_cpus
@@ -144,6 +146,7 @@ def write_report(
     for row in speed_rows:
         key = "fp32" if row["precision"] == "fp32" else row["candidate"]
         speed[(key, row["batch"])] = row
+    backend = backend_info(comparison.get("backend", "ort-cpu"))
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined,
@@ -165,13 +168,17 @@ def write_report(
         speed_error=comparison.get("speed_error"),
         profiles=comparison.get("profiles", {}),
         placement=comparison.get("placement", {}),
-        on_gpu=comparison.get("backend") == "ort-cuda",
-        speed_device=(f"ONNX Runtime CUDA on {gpu_name()}" if comparison.get("backend") == "ort-cuda"
-                      else f"ONNX Runtime CPU on {cpu_name()}, {usable_cpus()} CPUs usable"),
+        layer_times=comparison.get("layer_times", {}),
+        on_gpu=backend.on_gpu,
+        speed_device=(f"{backend.label} on {gpu_name()}" if backend.on_gpu
+                      else f"{backend.label} on {cpu_name()}, {usable_cpus()} CPUs usable"),
         drift_charts=_drift_charts(comparison["candidates"], colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_images=comparison.get("layer_images", comparison["images"]),
         sensitivity=comparison.get("sensitivity"),
+        engine=comparison.get("engine"),
+        engine_drift={c["name"]: {l["tensor"]: l["sqnr_db"] for l in c["layers"] if math.isfinite(l["sqnr_db"])}
+                      for c in comparison["candidates"]},
         sufficiency=sufficiency,
         sufficiency_chart=_sufficiency_chart(sufficiency, colours),
         sufficient_pct=SUFFICIENT_CHANGE_PCT,

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from calibkit.backends.onnxruntime import OrtSession
+from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -19,7 +19,7 @@ def channel_absmax(model: onnx.ModelProto, model_path: Path, items: Sequence[Ima
                    names: Sequence[str], skip_bad: bool = False) -> dict[str, np.ndarray]:
     """Largest |x| per channel (axis 1) of each tensor in ``names`` over ``items``, one image at a time;
     memory is one vector per tensor."""
-    session = OrtSession(Path(model_path), ["CPUExecutionProvider"], expose=list(names), model=model, spinning=False)
+    session = load(Path(model_path), "fp32", "ort-cpu", expose=list(names), model=model, spinning=False)
     peaks: dict[str, np.ndarray] = {}
     with progress(len(items), "channel ranges") as bar:
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):

@@ -25,10 +25,7 @@ from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 from calibkit.stats.moments import MomentCollector
 
-# Images per inference in the statistics pass, per backend: on the CPU single images measured fastest
-# (see below); a GPU needs batches to keep busy.
-STATS_BATCH_SIZES = {"ort-cpu": 1, "ort-cuda": 8}
-STATS_BATCH_SIZE = STATS_BATCH_SIZES["ort-cpu"]
+STATS_BATCH_SIZE = 1  # images per inference on the CPU (BackendInfo.stats_batch)
 
 # Exposed activations of the inferences in flight (computed, not yet folded) stay under about this much:
 # PP-PicoDet at 800x608 exposes 0.81 GB per image, EfficientNet-Lite0 at 224x224 40 MB.
