@@ -1,0 +1,348 @@
+"""What each command does with its parsed options: wiring to :mod:`calibkit.workflow`, and the lines it prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
+from calibkit.cli.defaults import INFERENCE_BATCH_SIZE
+from calibkit.engine.commands import engine_settings
+from calibkit.errors import CalibkitError
+
+
+def _preprocess(args: argparse.Namespace):
+    from calibkit.data.preprocess import get_preset
+    from calibkit.workflow import model_preprocess
+
+    spec = get_preset(args.preset).with_overrides(
+        mean=args.mean, std=args.std, crop_fraction=args.crop, interpolation=args.interpolation,
+        resize=getattr(args, "resize", None), channel_order=getattr(args, "channel_order", None),
+        pad_value=getattr(args, "pad_value", None),
+    )
+    return model_preprocess(args.model, spec, args.size)
+
+
+def _print_json(payload: dict) -> None:
+    print(json.dumps(payload, indent=1))
+
+
+def _task(args: argparse.Namespace, spec, items=()):
+    from calibkit.workflow import model_task
+
+    options = {}
+    for pair in args.task_opt:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CalibkitError(f"--task-opt {pair!r}: expected KEY=VALUE, e.g. --task-opt score=0.3")
+        options[key.strip().replace("-", "_")] = value.strip()
+    if args.postprocess:
+        options["postprocess"] = args.postprocess
+    task = args.task
+    if args.postprocess and task in (None, "auto"):
+        task = "detection"
+    return model_task(args.model, spec, task, options, items)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from calibkit.backends import load, require
+    from calibkit.compare.inference import evaluate
+    from calibkit.data.images import discover_images
+
+    require(args.backend)
+    spec = _preprocess(args)
+    items = discover_images(args.images, args.labels)
+    task = _task(args, spec, items)
+    session = load(args.model, "fp32", args.backend)
+    result = evaluate(session, items, spec, task, args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, desc="eval")
+    summary = {
+        "model": str(args.model),
+        "task": task.name,
+        "images": result.images,
+        "skipped": result.skipped,
+        **result.metrics,
+        "images_per_second": round(result.images_per_second, 1),
+        "backend": session.backend,
+        "preprocess": spec.to_dict(),
+    }
+    shown = [f"{m.label} {m.format(result.metrics.get(m.key))}" for m in task.metrics
+             if result.metrics.get(m.key) is not None]
+    if shown:
+        print(f"{'  '.join(shown)}  on {result.images} images", file=sys.stderr)
+    _print_json(summary)
+    return 0
+
+
+def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str]):
+    from calibkit.workflow import fp16_candidate
+
+    candidates = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, rest = part.partition(":")
+        if kind == "fp16":
+            candidates.append(fp16_candidate(model, out))
+        elif kind == "int8" and rest:
+            candidates.extend(_int8_from_spec(model, rest, out, exclude))
+        else:
+            raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
+    names = [c.name for c in candidates]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CalibkitError(f"--candidates names {', '.join(repeated)} more than once; list each candidate once")
+    return candidates
+
+
+def _int8_from_spec(model: Path, spec: str, out: Path, exclude: Sequence[str] = ()):
+    """INT8 candidates from ``RUN_DIR``, ``RUN_DIR:method+method`` or one ranges JSON; exports the run
+    lacks go to ``out``."""
+    from calibkit.run_folder import check_not_a_run
+    from calibkit.workflow import int8_candidates, ranges_candidate
+
+    if spec.endswith(".json") and Path(spec).is_file():
+        return [ranges_candidate(model, Path(spec), out, exclude)]
+    run_dir, _, labels = spec.partition(":")
+    check_not_a_run(out, [Path(run_dir)])
+    return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude, out)
+
+
+def _gate(result: dict) -> int:
+    """Exit code 3 when any candidate fails a --fail-on gate."""
+    failed = [c for c in result["comparison"]["candidates"] if c["verdict"]["failed_gates"]]
+    for c in failed:
+        print(f"calibkit: {c['name']} fails {'; '.join(c['verdict']['failed_gates'])}", file=sys.stderr)
+    return 3 if failed else 0
+
+
+def points_text(loss: float) -> str:
+    """A budget loss in words: ``loss 0.50`` or, for a negative loss, ``gain 0.50``."""
+    return f"loss {loss:.2f}" if loss >= 0 else f"gain {-loss:.2f}"
+
+
+def _summarise(result: dict, report: Path) -> None:
+    """The verdict and the task's main metrics per candidate, on stderr."""
+    from calibkit.bench.table import speed_text
+    from calibkit.compare.verdict import verdict_line
+    from calibkit.tasks.base import Metric
+
+    comparison = result["comparison"]
+    metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
+    lines = [f"report: {report}  (task: {comparison['task']['name']}, {comparison['images']} images)"]
+    if "sensitivity" in comparison:
+        sens = comparison["sensitivity"]
+        budget = sens["budget"]
+        top = ", ".join(r["node"] for r in sens["ranking"][:3])
+        lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
+        chosen = budget["steps"][len(budget["kept_float"])]
+        outcome = "met" if budget["met"] else f"NOT met by up to {budget['steps'][-1]['float_layers']} layers; closest"
+        lines.append(f"  budget {budget['budget']} {budget['metric']} points {outcome} "
+                     f"with {chosen['float_layers']} layer(s) in float: {points_text(chosen['loss'])}")
+    for c in comparison["candidates"]:
+        shown = [f"{m.key} {m.format(c['metrics'].get(m.key))}" for m in metrics
+                 if c["metrics"].get(m.key) is not None][:4]
+        speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["speedup"]]
+        if speed:
+            shown.append(speed_text(speed[-1]))
+        lines.append(f"  {verdict_line(c['name'], c['verdict'])}")
+        lines.append(f"      {'  '.join(shown)}  output SQNR {c['metrics']['output_sqnr']:.1f} dB")
+    from calibkit.engine.summary import engine_lines
+
+    lines += engine_lines(comparison.get("engine"))
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _report_path(args: argparse.Namespace) -> Path:
+    """Where the HTML report goes, checked writable before any inference."""
+    from calibkit.fileio import ensure_writable_file
+
+    return ensure_writable_file(args.report or (args.out / "report.html"))
+
+
+def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None, engines=None) -> int:
+    from calibkit.data.images import discover_images
+    from calibkit.workflow import calibration_overlap, compare_and_report
+
+    items = discover_images(args.images, args.labels)
+    items, overlap_note = calibration_overlap(items, candidates, args.exclude_calibration_images)
+    note = " ".join(n for n in (note, overlap_note) if n) or None
+    if overlap_note:
+        print(f"calibkit: note: {overlap_note}", file=sys.stderr)
+    report = _report_path(args)
+    spec = _preprocess(args)
+    fail_on = list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
+    result = compare_and_report(
+        args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
+        args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
+        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
+        engines,
+    )
+    _summarise(result, report)
+    return _gate(result)
+
+
+def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
+    """Calibrate; with ``--compare`` also compare FP32 against every calibrated INT8 model and FP16."""
+    from calibkit.workflow import fp16_candidate, int8_candidates
+
+    if args.compare:
+        _report_path(args)
+    engines = engine_settings(args)
+    run = _run_calibration(args, None if args.compare else engines)
+    if not args.compare:
+        return 0
+    candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
+    return _compare_outputs(args, candidates, run, note, engines)
+
+
+def timing_text(timings: dict[str, float]) -> str:
+    """``checks 0.4 s, sampling 0.1 s, ...``: every stage of a calibration in the order it ran."""
+    return ", ".join(f"{key[:-2].replace('_', ' ')} {seconds:.1f} s" for key, seconds in timings.items()
+                     if key != "total_s")
+
+
+def _run_calibration(args: argparse.Namespace, engines=None):
+    from calibkit.engine.summary import engine_lines
+    from calibkit.workflow import calibrate
+
+    run = calibrate(
+        args.model, args.images, args.out, methods=args.method, samples=args.samples, sampler=args.sampler,
+        seed=args.seed, preprocess=_preprocess(args), batch_size=args.batch_size, skip_bad=args.skip_bad,
+        labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
+        equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
+        bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray, engines=engines,
+    )
+    n = run.stats.provenance["num_images"]
+    print(
+        f"calibrated on {n} images in {run.timings['total_s']:.1f} s (statistics pass {run.timings['statistics_s']:.1f} s, "
+        f"{n / run.timings['statistics_s']:.1f} img/s); wrote {', '.join(sorted(run.calibrators))} to {run.out}\n"
+        f"  stages: {timing_text(run.timings)}",
+        file=sys.stderr,
+    )
+    if run.engine:
+        print("\n".join(engine_lines(run.engine)), file=sys.stderr)
+    _print_json({"out": str(run.out), "methods": list(run.calibrators), "timings": run.timings})
+    return run
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from calibkit.artifacts.qdq import export_qdq
+    from calibkit.artifacts.ranges_json import read_ranges
+    from calibkit.fileio import ensure_writable_file
+    from calibkit.workflow import check_made_from, run_graph, run_weights
+
+    ensure_writable_file(args.out)
+    ranges, document = read_ranges(args.ranges)
+    check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
+    graph = run_graph(args.model, Path(args.ranges).parent)
+    weights = None if args.nearest_weights else run_weights(Path(args.ranges).parent)
+    engines = engine_settings(args) if args.target == "tensorrt" else None
+    path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target, weights=weights)
+    print(f"wrote {path}", file=sys.stderr)
+    if engines is not None:
+        _check_quantized(args.model, path, engines)
+    return 0
+
+
+def _check_quantized(model: Path, path: Path, engines) -> None:
+    """What TensorRT-RTX builds of a model ``quantize`` wrote, on the terminal."""
+    from calibkit.engine.check import EngineModel
+    from calibkit.engine.commands import build_shape
+    from calibkit.engine.summary import check_engines, engine_lines
+
+    try:
+        shape = build_shape(model)
+    except CalibkitError as exc:
+        print(f"calibkit: note: engine check skipped ({exc})", file=sys.stderr)
+        return
+    section = check_engines([EngineModel(path.name, "int8", path, path.stem)], shape, engines)
+    print("\n".join(engine_lines(section)), file=sys.stderr)
+
+
+def cmd_import_cache(args: argparse.Namespace) -> int:
+    from calibkit.artifacts.cache_import import import_cache
+    from calibkit.fileio import ensure_writable_file
+
+    ensure_writable_file(args.out)
+    done = import_cache(args.cache, args.model, args.out)
+    print(f"wrote {done.out}: ranges of {len(done.matched)} tensors from a TRT-{done.version}-{done.algorithm} cache; "
+          f"calibkit quantize --model {args.model} --ranges {done.out} writes its Q/DQ model", file=sys.stderr)
+    if done.unmatched:
+        shown = ", ".join(done.unmatched[:8]) + (" ..." if len(done.unmatched) > 8 else "")
+        print(f"calibkit: note: {len(done.unmatched)} cache entries name no tensor of {args.model} and were left "
+              f"out: {shown}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from calibkit.backends import available_backends, require
+    from calibkit.bench.table import format_table
+    from calibkit.fileio import ensure_writable_file
+    from calibkit.workflow import (
+        bench_models,
+        fp16_candidate,
+        input_shape,
+        usable_batch_sizes,
+    )
+
+    if args.backend != "all":
+        require(args.backend)
+    if args.json:
+        ensure_writable_file(args.json)
+    candidates = _int8_from_spec(args.model, args.int8, args.out) if args.int8 else []
+    if args.fp16:
+        candidates.append(fp16_candidate(args.model, args.out))
+    models = [("fp32", "fp32", args.model)] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
+    shape = input_shape(_preprocess(args))
+    backends = available_backends() if args.backend == "all" else [args.backend]
+    sizes = usable_batch_sizes(args.model, args.batch_sizes)
+    rows = [row for backend in backends for row in bench_models(models, shape, sizes, backend)]
+    print(format_table(rows, ["candidate", "backend", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup",
+                              "speedup_low", "speedup_high", "noisy"]))
+    from calibkit.bench.speed import NOISY_SPREAD
+    from calibkit.report.provenance import environment
+
+    machine = environment()
+    print(f"timed on {machine['CPU']}; {machine['threads']}; speedup = median round ratio (lowest-highest round), "
+          f"noisy where rounds differ by more than {NOISY_SPREAD - 1:.0%}", file=sys.stderr)
+    if args.json:
+        from calibkit.fileio import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from calibkit.backends import require
+    from calibkit.distributed import check_backend
+
+    check_backend(args.ray, args.backend)
+    require(args.backend)
+    _report_path(args)
+    engines = engine_settings(args)
+    return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude),
+                            engines=engines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``calibrate --compare`` on the demo model and images, with the demo's fixed preprocessing."""
+    from calibkit.demo_assets import SHARED_IMAGES, demo_images, demo_model
+
+    args.model = demo_model()
+    args.images = demo_images()
+    args.labels = None
+    args.size = args.mean = args.std = args.crop = args.interpolation = None
+    args.resize = args.channel_order = args.pad_value = args.postprocess = None
+    args.task, args.task_opt = "classification", []
+    args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
+    args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
+    args.backend, args.ray = "ort-cpu", None
+    args.exclude_calibration_images = True
+    args.report = args.out / "report.html"
+    args.compare = True
+    note = None
+    if args.images == SHARED_IMAGES:
+        note = ("Images: one photo per ImageNet class (a coverage set, not a benchmark); full-ImageNet top-1 of "
+                "EfficientNet-Lite0 is about 75%.")
+    return cmd_calibrate(args, note)

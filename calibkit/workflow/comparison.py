@@ -1,0 +1,280 @@
+"""The comparison chain: FP32 against every candidate in the task's terms, verdicts, sensitivity and the
+accuracy budget, speed, what TensorRT-RTX builds, and the report."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from calibkit.artifacts.ranges_json import read_ranges
+from calibkit.backends import require
+from calibkit.backends.base import backend_info
+from calibkit.compare.run import Candidate
+from calibkit.data.images import ImageItem
+from calibkit.data.preprocess import Preprocess
+from calibkit.distributed import check_backend
+from calibkit.engine.summary import EngineSettings
+from calibkit.errors import CalibkitError
+from calibkit.memory import peak_rss_gb, trim_heap
+from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
+from calibkit.progress import progress
+from calibkit.report.provenance import environment
+from calibkit.run_folder import SUMMARY
+from calibkit.samplers.registry import sample
+from calibkit.stats.collect import CollectedStats
+from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
+from calibkit.workflow.calibration import CalibrationRun, engine_check, input_shape
+from calibkit.workflow.candidates import run_weights
+
+
+def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
+                 batch_sizes: Sequence[int] = (1, 8, 32), backend: str = "ort-cpu") -> list[dict]:
+    """Speed rows for ``(name, precision, path)`` models on one backend, timed side by side in rounds
+    (:mod:`calibkit.bench.speed`), with speedups over ``fp32`` and their spread. ONNX Runtime sessions
+    share one arena, so each run reuses memory as a deployed session does while holding every model at
+    once stays near one model's peak."""
+    from calibkit.backends import load
+    from calibkit.bench.speed import measure_interleaved, with_ratios
+
+    sessions = [(name, precision, load(path, precision, backend, shared_arena=True)) for name, precision, path in models]
+    with progress(len(batch_sizes), "benchmarking (interleaved rounds)", unit="batch size") as bar:
+        results = []
+        for batch in batch_sizes:
+            results.extend(measure_interleaved(sessions, input_shape, [batch]))
+            bar.update(1)
+    return with_ratios(results)
+
+
+def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
+    """``requested``, or the model's own batch size (with a warning) when its batch axis is fixed."""
+    fixed = image_input(load_model(model), model).batch
+    if fixed is None or list(requested) == [fixed] or not requested:
+        return list(requested)
+    warnings.warn(f"{model}: the model's batch size is fixed at {fixed}; timing batch {fixed} only", stacklevel=2)
+    return [fixed]
+
+
+def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
+               options: Mapping[str, str] | None = None, items: Sequence[ImageItem] = ()) -> Task:
+    """The task plug-in for ``model`` (detected from its outputs for ``auto``), set up for ``preprocess``."""
+    outputs = [OutputInfo(name, shape) for name, shape in model_outputs(load_model(model))]
+    labels = [item.label for item in items]
+    num_labels = max(labels) + 1 if labels and None not in labels else None
+    context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels)
+    return make_task(name, context)
+
+
+def compare_and_report(
+    model: Path,
+    items: Sequence[ImageItem],
+    preprocess: Preprocess,
+    candidates: Sequence[Candidate],
+    report: Path,
+    task: Task,
+    fail_on: Sequence[str] = (),
+    unusable_if: Sequence[str] | None = None,
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    run: CalibrationRun | None = None,
+    note: str | None = None,
+    accuracy_budget: float | None = None,
+    sensitivity_images: int = 100,
+    budget_metric: str = "auto",
+    backend: str = "ort-cpu",
+    ray: str | None = None,
+    engines: EngineSettings | None = None,
+) -> dict:
+    """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
+    accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
+    failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
+    With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
+    (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
+    model (:func:`engine_check`). Returns the JSON document."""
+    from calibkit.compare.run import compare_models
+    from calibkit.compare.verdict import judge, rules_for
+    from calibkit.distributed import sharded_comparison
+    from calibkit.report.html import write_report
+
+    require(backend)
+    check_backend(ray, backend)
+    unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
+    if accuracy_budget is not None:
+        task.check_budget_metric(budget_metric)
+    compare = partial(sharded_comparison, address=ray) if ray else compare_models
+    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
+    trim_heap()
+    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
+    for c in comparison["candidates"]:
+        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
+    if note:
+        comparison["note"] = note
+    models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
+    if accuracy_budget is not None:
+        started = time.perf_counter()
+        sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
+                                             Path(report).parent, sensitivity_images, budget_metric, ray, skip_bad)
+        comparison["sensitivity"] = sensitivity
+        comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
+        if sensitivity["budget"]["models"]:
+            models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
+        trim_heap()
+    if engines is not None:
+        started = time.perf_counter()
+        built = list(candidates)
+        if comparison.get("sensitivity", {}).get("budget", {}).get("models"):
+            mixed = comparison["sensitivity"]
+            built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
+                                   calibrator=f"{mixed['calibrator']}.mixed"))
+        comparison["engine"] = engine_check(model, built, preprocess, engines, Path(report).parent)
+        comparison["timings"]["engine_check_s"] = time.perf_counter() - started
+    provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
+                  "task": task.name, "task settings": json.dumps(task.settings),
+                  "preprocess": json.dumps(preprocess.to_dict())}
+    extras, calibration_rows = calibration_sections(run, candidates)
+    provenance.update(calibration_rows)
+    provenance.update(environment([item.path for item in items]))
+    if comparison.get("engine"):
+        engine = comparison["engine"]
+        provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
+    provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
+    write_report(report, comparison, [], provenance=provenance, **extras)
+    speed: list[dict] = []
+    if batch_sizes:
+        try:
+            started = time.perf_counter()
+            speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
+            comparison["timings"]["bench_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            profiling = backend_info(backend).profiling
+            if profiling == "ops":
+                comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+            elif profiling == "placement":
+                comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
+            elif profiling == "layers":
+                from calibkit.bench.profile import engine_layer_times
+
+                comparison["layer_times"] = engine_layer_times(models, input_shape(preprocess), backend)
+            comparison["timings"]["profile_s"] = time.perf_counter() - started
+        except CalibkitError as exc:
+            comparison["speed_error"] = str(exc)
+            warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
+        write_report(report, comparison, speed, provenance=provenance, **extras)
+    return {"comparison": comparison, "speed": speed}
+
+
+def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:
+    """The report's calibration sections (statistics, thresholds, sufficiency) and provenance rows: from
+    ``run`` when this command calibrated, else read back from the run folder the INT8 candidates came from."""
+    if run is not None:
+        stats, ranges, timings, coverage, enough = run.stats, run.ranges, run.timings, run.coverage, run.sufficiency
+    else:
+        run_dir = next((c.ranges.parent for c in candidates if c.ranges is not None), None)
+        if run_dir is None or not (run_dir / "stats.npz").is_file():
+            return {"stats": None, "thresholds": None, "sufficiency": None}, {}
+        stats = CollectedStats.load(run_dir / "stats.npz")
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+        ranges = {c.calibrator: read_ranges(c.ranges)[0] for c in candidates
+                  if c.ranges is not None and c.ranges.parent == run_dir}
+        timings, coverage, enough = summary.get("timings", {}), summary.get("coverage"), summary.get("sufficiency")
+    rows = {f"calibration {k}": v for k, v in stats.provenance.items() if k != "preprocess"}
+    rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items()})
+    if coverage:
+        rows["calibration subset coverage"] = json.dumps(coverage)
+    thresholds = {label: {name: r.amax for name, r in table.items()} for label, table in ranges.items()}
+    return {"stats": stats.tensors, "sufficiency": enough, "thresholds": thresholds}, rows
+
+
+def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -> dict[str, dict]:
+    """Where each INT8 model's CPU time goes (:mod:`calibkit.bench.profile`), by candidate name."""
+    from calibkit.bench.profile import profile_ops, summarize
+
+    return {name: summarize(profile_ops(path, shape)) for name, precision, path in models if precision == "int8"}
+
+
+def provider_placement(models: Sequence[tuple[str, str, Path]], shape: Sequence[int], backend: str) -> dict[str, dict]:
+    """Per model, the nodes ONNX Runtime left on the CPU on a GPU ``backend`` (:func:`cpu_fallbacks`)."""
+    from calibkit.backends.onnxruntime import CUDA_OPTIONS
+    from calibkit.bench.profile import cpu_fallbacks
+
+    providers = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
+    return {name: cpu_fallbacks(path, shape, providers) for name, _, path in models}
+
+
+def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candidate],
+                        exclude: bool = False) -> tuple[list[ImageItem], str | None]:
+    """The evaluation items (without the images any INT8 candidate was calibrated on, with ``exclude``)
+    and a sentence for the report when the two sets overlap."""
+    used: set[Path] = set()
+    for candidate in candidates:
+        listed = candidate.ranges.parent / "images.txt" if candidate.ranges is not None else None
+        if listed is not None and listed.is_file():
+            used.update(Path(line).resolve() for line in listed.read_text(encoding="utf-8").splitlines() if line)
+    shared = [item for item in items if item.path.resolve() in used]
+    if not shared:
+        return list(items), None
+    if not exclude:
+        return list(items), (f"{len(shared)} of the {len(items)} evaluation images were also calibration images; "
+                             "scores on them can flatter INT8 (--exclude-calibration-images leaves them out).")
+    kept = [item for item in items if item.path.resolve() not in used]
+    if not kept:
+        raise CalibkitError("every evaluation image was a calibration image; pass other --images to evaluate on")
+    return kept, f"{len(shared)} calibration images left out of the evaluation; {len(kept)} evaluated."
+
+
+def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
+    """The images preprocessed once for repeated scoring (:class:`~calibkit.compare.image_cache.ImageCache`:
+    in memory up to its limit, the rest on disk), decoded when first used."""
+    from calibkit.compare.image_cache import ImageCache
+    from calibkit.data.loader import iter_batches
+
+    def decode():
+        with progress(len(items), "decoding images") as bar:
+            for batch in iter_batches(items, preprocess, 16, skip_bad=skip_bad):
+                bar.update(len(batch.array))
+                yield batch
+
+    return ImageCache(decode=decode)
+
+
+def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
+                           candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
+                           sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None,
+                           skip_bad: bool = False) -> dict:
+    """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
+    ``budget`` on all images (the comparison's measurement of that candidate is step 0). Layers the
+    candidate keeps in float (``--exclude``) stay float in every variant and are not ranked."""
+    from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
+    from calibkit.distributed import sharded_leave_one_out
+
+    results = {c["name"]: c for c in comparison["candidates"]}
+    int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]
+    if not int8:
+        raise CalibkitError("--accuracy-budget needs an INT8 candidate from a calibration run")
+    best = min(int8, key=lambda c: task.budget_loss(results[c.name]["metrics"], budget_metric)[0])
+    ranges, _ = read_ranges(best.ranges)
+    subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
+    source = best.source or model
+    weights = run_weights(best.ranges.parent)
+    started = time.perf_counter()
+    rank = partial(sharded_leave_one_out, address=ray) if ray else None
+    ranking = layer_sensitivity(source, ranges, image_cache(subset, preprocess, skip_bad), task, weights=weights,
+                                rank=rank, exclude=best.exclude)
+    ranked_s = time.perf_counter() - started
+    fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess, skip_bad), task,
+                                 [r["node"] for r in ranking], budget, Path(out) / f"{best.calibrator}.mixed",
+                                 metric=budget_metric, weights=weights, measured=results[best.name]["metrics"],
+                                 exclude=best.exclude)
+    return {
+        "name": f"int8 {best.calibrator} mixed",
+        "calibrator": best.calibrator,
+        "sensitivity_images": len(subset),
+        "ranking": ranking,
+        "budget": {"budget": budget, "metric": fitted.metric, "met": fitted.met, "kept_float": fitted.kept_float,
+                   "steps": fitted.steps, "models": fitted.models},
+        "seconds": {"ranking": ranked_s, "budget": time.perf_counter() - started - ranked_s},
+    }
