@@ -332,22 +332,29 @@ def test_an_image_over_pillow_s_limit_and_a_repeated_candidate_get_one_line(smal
                                   "--candidates", "fp16,fp16", "--out", str(tmp_path / "c")), "more than once")
 
 
-def test_sigterm_stops_a_calibration_cleanly(demo_model, shared_images, tmp_path):
+def test_sigterm_stops_a_calibration_and_leaves_the_earlier_run_whole(demo_model, shared_images, small_model,
+                                                                     image_folder, tmp_path):
     import signal
     import time
 
     run = tmp_path / "run"
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--method", "minmax", "--samples", "0", "--no-engine-check"]) == 0
+    earlier = {p.name: p.read_bytes() for p in run.iterdir()}
     process = subprocess.Popen([sys.executable, "-m", "calibkit.cli", "calibrate", "--model", str(demo_model),
                                 "--images", str(shared_images), "--out", str(run), "--samples", "1000",
                                 "--method", "minmax"], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "CALIBKIT_QUIET": "1"})
-    time.sleep(6)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".run.calibkit-staging-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and "calibkit: interrupted" in err, err[-500:]
+    assert process.returncode == 143 and "calibkit: interrupted" in err, err[-500:]
     assert "Traceback" not in err
-    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "no half-written file is left"
-    assert not (run / "summary.json").exists(), "an interrupted run is not marked finished"
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == earlier, "the earlier run is exactly as it was"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run"], "no staging folder or lock is left"
 
 
 def test_a_reused_run_folder_describes_one_run_and_compare_leaves_it_as_it_was(small_model, image_folder, tmp_path):
@@ -357,7 +364,7 @@ def test_a_reused_run_folder_describes_one_run_and_compare_leaves_it_as_it_was(s
     (run / "notes.txt").write_text("the user's own file")
     again = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
                     "--method", "entropy2", "--samples", "0")
-    assert again.returncode == 0 and "removed" in again.stderr and "earlier run" in again.stderr
+    assert again.returncode == 0 and "replaced the" in again.stderr and "earlier run" in again.stderr
     assert not list(run.glob("minmax.*")) and not list(run.glob("mse.*")), "no stale method is left beside the new one"
     assert (run / "entropy2.qdq.onnx").is_file() and (run / "notes.txt").read_text() == "the user's own file"
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
@@ -410,9 +417,8 @@ def test_a_write_that_fails_midway_gets_one_line_and_leaves_no_partial_file(smal
                              str(image_folder), "--out", str(run), "--method", "minmax", "--samples", "0"],
                             capture_output=True, text=True, env={**os.environ, "CALIBKIT_QUIET": "1"},
                             preexec_fn=limit_file_size)
-    assert_one_line_error(result, str(run), "cannot be written", "free some space")
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
-    assert not (run / "summary.json").exists()
+    assert_one_line_error(result, str(run / "stats.npz"), "cannot be written", "free some space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"], "nothing of the failed run is left"
 
 
 def test_small_defects_of_the_first_trial_stay_fixed(small_model, image_folder, tmp_path):

@@ -14,9 +14,12 @@ from calibkit.errors import CalibkitError
 from calibkit.progress import set_quiet, show_warning
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so every staged or half-written file is removed on the way out."""
+
+
 def _terminated(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so every half-written temporary file is removed on the way out."""
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CalibkitError as exc:
         print(f"calibkit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("calibkit: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal, as shells report it
 
 
 __all__ = ["INFERENCE_BATCH_SIZE", "build_parser", "main"]

@@ -212,6 +212,7 @@ def _run_calibration(args: argparse.Namespace, engines=None):
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
         equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
         bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray, engines=engines,
+        force=args.force,
     )
     n = run.stats.provenance["num_images"]
     print(
@@ -337,7 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.task, args.task_opt = "classification", []
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
-    args.backend, args.ray = "ort-cpu", None
+    args.backend, args.ray, args.force = "ort-cpu", None, False
     args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True

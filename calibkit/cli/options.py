@@ -67,6 +67,13 @@ def _add_preprocess(parser: argparse.ArgumentParser, shape_only: bool = False) -
     group.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
 
 
+def _out_folder(text: str) -> Path:
+    """A folder path that names a folder: not empty, not blank, no line breaks."""
+    if not text.strip() or any(c in text for c in "\n\r\0"):
+        raise argparse.ArgumentTypeError(f"expected a folder path, got {text!r}")
+    return Path(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -136,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500, help="calibration images to pick (0 = all)")
     p.add_argument("--sampler", default="random", help="random, stratified, kmeans, all")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    p.add_argument("--out", type=Path, required=True, help="run folder for caches, JSON, stats")
+    p.add_argument("--out", type=_out_folder, required=True, help="run folder for caches, JSON, stats")
+    p.add_argument("--force", action="store_true",
+                   help="write the run into a folder that holds files calibkit did not write (they are left as they are)")
     p.add_argument("--trt-version", type=_positive_int, default=DEFAULT_TRT_VERSION,
                    help="version number in the cache header")
     p.add_argument("--exclude", action="append", default=[], help="node name, glob or op type kept in float")

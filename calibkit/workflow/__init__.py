@@ -5,9 +5,9 @@
 
 from calibkit.workflow.calibration import (ENGINE_CHECK, CalibrationRun, calibrate, engine_check, input_shape,
                                            model_preprocess)
-from calibkit.workflow.candidates import (CALIBRATED_GRAPH, RUN_WEIGHTS, check_made_from, check_run_matches, fp16_candidate,
-                                          int8_candidates, method_label, ranges_candidate, run_exclusions, run_graph,
-                                          run_weights)
+from calibkit.workflow.candidates import (CALIBRATED_GRAPH, RUN_WEIGHTS, check_made_from, check_run_matches,
+                                          fp16_candidate, int8_candidates, method_label, ranges_candidate,
+                                          run_exclusions, run_graph, run_weights)
 from calibkit.workflow.comparison import (bench_models, calibration_overlap, calibration_sections, compare_and_report,
                                           image_cache, model_task, sensitivity_and_budget, usable_batch_sizes)
 

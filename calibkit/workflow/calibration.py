@@ -3,9 +3,9 @@ Q/DQ models per calibrator, and what TensorRT-RTX builds of them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +30,7 @@ from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.onnx_model import file_sha256, image_input, load_model
 from calibkit.progress import progress
-from calibkit.run_folder import SUMMARY, clear_earlier_run
+from calibkit.run_folder import SUMMARY, check_out_folder, run_transaction
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
 from calibkit.samplers.registry import sample
@@ -139,6 +139,7 @@ def calibrate(
     backend: str = "ort-cpu",
     ray: str | None = None,
     engines: EngineSettings | None = None,
+    force: bool = False,
 ) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
@@ -152,7 +153,9 @@ def calibrate(
     pass on the GPU (:mod:`calibkit.stats.device`); ``ray`` (an address, or ``local``) splits it into Ray
     tasks (:mod:`calibkit.distributed`), with the same artefacts. ``engines`` (resolved settings) builds
     the FP32, FP16 and every INT8 Q/DQ model with TensorRT-RTX afterwards (:mod:`calibkit.engine`) and keeps
-    what the builder made of them as ``engine-check.json``.
+    what the builder made of them as ``engine-check.json``. The run is written beside ``out`` and moved in
+    only once it has succeeded (:func:`calibkit.run_folder.run_transaction`): an earlier run there stays whole
+    after any failure or signal; ``force`` writes into a folder holding files calibkit did not write.
     """
     began = time.perf_counter()
     model, out = Path(model), Path(out)
@@ -160,7 +163,8 @@ def calibrate(
     check_rounding(weight_rounding)
     check_backend(ray, backend)
     require(backend, lambda info: info.stats_batch is not None, "the statistics pass")
-    ensure_writable_dir(out)
+    check_out_folder(out, force)
+    ensure_writable_dir(out.parent)
     spec = model_preprocess(model, preprocess)
     original = load_model(model)
     graph = normalized_graph(model, original, spec)
@@ -172,79 +176,82 @@ def calibrate(
         pool, _ = readable_embeddings(pool, skip_bad=True)
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
-    cleared = clear_earlier_run(out)
-    if cleared:
-        warnings.warn(f"{out}: removed {len(cleared)} files of an earlier run, so the folder describes this run only",
-                      stacklevel=2)
-    coverage = None
-    if report_coverage and len(chosen) < len(pool):
+    # written into a staging folder beside ``final``, moved in when every file is written
+    final = out
+    with run_transaction(final, force) as out:
+        coverage = None
+        if report_coverage and len(chosen) < len(pool):
+            start = time.perf_counter()
+            coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
+            timings["coverage_s"] = time.perf_counter() - start
+        source, equalized = model, "off"
+        if equalize_depthwise:
+            start = time.perf_counter()
+            source, equalized = equalized_graph(model, original, graph, chosen, spec, out, skip_bad)
+            timings["equalization_s"] = time.perf_counter() - start
+        calibrated = normalized_model(source).model
+        layers = weighted_layers(calibrated, quantized_nodes(calibrated))
+        moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
+                   if weight_rounding != "nearest" or bias_correction else None)
+        batch = batch_size or backend_info(backend).stats_batch
+        if ray:
+            stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray)
+        else:
+            stats = collect_statistics(source, chosen, spec, batch_size=batch, skip_bad=skip_bad, shard_size=shard_size,
+                                       moments=moments, backend=backend)
+        timings["statistics_s"] = stats.seconds
         start = time.perf_counter()
-        coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
-        timings["coverage_s"] = time.perf_counter() - start
-    source, equalized = model, "off"
-    if equalize_depthwise:
+        weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
+        weights.save(out / RUN_WEIGHTS)
+        timings["weights_s"] = time.perf_counter() - start
+        stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
+                                 "sampler": sampler, "seed": seed, "pool_size": len(pool),
+                                 "graph normalisation": graph.summary(), "depthwise equalisation": equalized,
+                                 "weights": weights.summary()})
+        # what every file of the run records, so a folder mixing two runs' files is refused when read
+        stats.provenance["run_id"] = hashlib.sha256(json.dumps(
+            [stats.provenance, list(calibrators), list(exclude), trt_version], sort_keys=True).encode()).hexdigest()[:16]
+        stats.save(out / "stats.npz")
+        write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
+        ranges, references = {}, {}
+        quantized = quantized_inputs(calibrated)
         start = time.perf_counter()
-        source, equalized = equalized_graph(model, original, graph, chosen, spec, out, skip_bad)
-        timings["equalization_s"] = time.perf_counter() - start
-    calibrated = normalized_model(source).model
-    layers = weighted_layers(calibrated, quantized_nodes(calibrated))
-    moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
-               if weight_rounding != "nearest" or bias_correction else None)
-    batch = batch_size or backend_info(backend).stats_batch
-    if ray:
-        stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray)
-    else:
-        stats = collect_statistics(source, chosen, spec, batch_size=batch, skip_bad=skip_bad, shard_size=shard_size,
-                                   moments=moments, backend=backend)
-    timings["statistics_s"] = stats.seconds
-    start = time.perf_counter()
-    weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
-    weights.save(out / RUN_WEIGHTS)
-    timings["weights_s"] = time.perf_counter() - start
-    stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
-                             "sampler": sampler, "seed": seed, "pool_size": len(pool),
-                             "graph normalisation": graph.summary(), "depthwise equalisation": equalized,
-                             "weights": weights.summary()})
-    stats.save(out / "stats.npz")
-    write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
-    ranges, references = {}, {}
-    quantized = quantized_inputs(calibrated)
-    start = time.perf_counter()
-    for label, calibrator in calibrators.items():
-        began_method = time.perf_counter()
-        ranges[label] = compute_ranges(stats.tensors, calibrator)
-        references[label] = Reference.of(ranges[label], time.perf_counter() - began_method)
-        warn_clipping(label, ranges[label], quantized)
-    timings["ranges_s"] = time.perf_counter() - start
-    jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)
-            for label, calibrator in calibrators.items()]
+        for label, calibrator in calibrators.items():
+            began_method = time.perf_counter()
+            ranges[label] = compute_ranges(stats.tensors, calibrator)
+            references[label] = Reference.of(ranges[label], time.perf_counter() - began_method)
+            warn_clipping(label, ranges[label], quantized)
+        timings["ranges_s"] = time.perf_counter() - start
+        jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)
+                for label, calibrator in calibrators.items()]
 
-    def check_sufficiency() -> dict | None:
-        if len(stats.shards) < 2:
-            return None
-        started = time.perf_counter()
-        result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
-                             budget_s=SUFFICIENCY_BUDGET * stats.seconds, references=references)
-        timings["sufficiency_s"] = time.perf_counter() - started
-        return result
+        def check_sufficiency() -> dict | None:
+            if len(stats.shards) < 2:
+                return None
+            started = time.perf_counter()
+            result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
+                                 budget_s=SUFFICIENCY_BUDGET * stats.seconds, references=references)
+            timings["sufficiency_s"] = time.perf_counter() - started
+            return result
 
-    start = time.perf_counter()
-    with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
-        enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
-    timings["export_s"] = time.perf_counter() - start
-    engine = None
-    if engines is not None:
         start = time.perf_counter()
-        built = [Candidate(f"int8 {label}", "int8", qdq_paths(out, label)["tensorrt"], calibrator=label)
-                 for label in calibrators]
-        engine = engine_check(model, built, spec, engines, out)
-        write_text_atomic(out / ENGINE_CHECK, json.dumps(reproducible(engine), indent=1) + "\n")
-        timings["engine_check_s"] = time.perf_counter() - start
-    timings["total_s"] = time.perf_counter() - began
-    summary = {"model": str(model), "methods": list(calibrators), "exclude": list(exclude), "timings": timings,
-               **stats.provenance, "coverage": coverage, "sufficiency": enough}
-    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
-    return CalibrationRun(out, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine)
+        with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
+            enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
+        timings["export_s"] = time.perf_counter() - start
+        engine = None
+        if engines is not None:
+            start = time.perf_counter()
+            built = [Candidate(f"int8 {label}", "int8", qdq_paths(out, label)["tensorrt"], calibrator=label)
+                     for label in calibrators]
+            engine = engine_check(model, built, spec, engines, out)
+            write_text_atomic(out / ENGINE_CHECK, json.dumps(reproducible(engine), indent=1) + "\n")
+            timings["engine_check_s"] = time.perf_counter() - start
+        timings["total_s"] = time.perf_counter() - began
+        summary = {"model": str(model), "methods": list(calibrators), "exclude": list(exclude), "timings": timings,
+                   **stats.provenance, "coverage": coverage, "sufficiency": enough}
+        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
+        run = CalibrationRun(final, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine)
+    return run
 
 
 def engine_check(model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,

@@ -31,13 +31,22 @@ def check_made_from(model: Path, recorded: str | None, source: Path, noun: str) 
                             f"{recorded[:12]}...); pass the model it was made from, or calibrate this one")
 
 
-def check_run_matches(model: Path, run_dir: Path) -> None:
-    """Refuse a run folder that is incomplete or was calibrated from another model file."""
+def check_run_matches(model: Path, run_dir: Path, labels: Sequence[str] = ()) -> None:
+    """Refuse a run folder that is incomplete, was calibrated from another model file, or whose ranges
+    files of ``labels`` another run wrote (two calibrations into one folder)."""
     summary = Path(run_dir) / SUMMARY
     if not summary.is_file():
         raise CalibkitError(f"{run_dir}: no {SUMMARY}, so the calibration did not finish; run calibkit calibrate "
                             f"--out {run_dir} again")
-    check_made_from(model, json.loads(summary.read_text(encoding="utf-8")).get("model_sha256"), run_dir, "run")
+    document = json.loads(summary.read_text(encoding="utf-8"))
+    check_made_from(model, document.get("model_sha256"), run_dir, "run")
+    for label in labels:
+        _, written = read_ranges(Path(run_dir) / f"{label}.json")
+        recorded = written.get("provenance", {}).get("run_id")
+        if recorded != document.get("run_id"):
+            raise CalibkitError(f"{run_dir}: {label}.json was written by another run than {SUMMARY} (run id "
+                                f"{recorded} against {document.get('run_id')}), so the folder mixes two calibrations; "
+                                "calibrate again into a new --out")
 
 
 def run_exclusions(run_dir: Path) -> list[str]:
@@ -63,11 +72,11 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     found = sorted(p.name[: -len(".cache")] for p in run_dir.glob("*.cache") if (run_dir / f"{p.stem}.json").is_file())
     if not found:
         raise CalibkitError(f"{run_dir}: no calibration JSON found; run calibkit calibrate --out {run_dir} first")
-    check_run_matches(model, run_dir)
     chosen = [method_label(label) for label in labels] if labels else found
     missing = [label for label in chosen if label not in found]
     if missing:
         raise CalibkitError(f"{run_dir}: no ranges for {', '.join(missing)}; available: {', '.join(found)}")
+    check_run_matches(model, run_dir, chosen)
     candidates = []
     source = run_graph(model, run_dir)
     weights = run_weights(run_dir)
