@@ -62,7 +62,7 @@ def run_case(name, model, images, preset, samples, tools, venvs, target, tmp: Pa
     models += [EngineModel(f"{tool} {method}", "int8", path, f"{tool}-{method}") for tool, method, path, _, _ in peers]
     models.append(EngineModel("fp16", "fp16", export_fp16(model, tmp / name / "fp16.onnx"), "fp16"))
     section = check_engines(models, (1, *spec.input_shape()), EngineSettings(True, target))
-    rows = [{"model": name, **m} for m in section["models"]]
+    rows = [{**m, "model": name} for m in section["models"]]
     rows += [{"model": name, "name": tool, "built": False, "verdict": f"did not quantize: {why}"}
              for tool, why in failures.items()]
     return rows
