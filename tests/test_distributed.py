@@ -35,8 +35,9 @@ def thirty_images(tmp_path_factory):
 def test_calibrate_on_ray_writes_the_same_bytes_as_one_process(small_model, thirty_images, tmp_path, monkeypatch,
                                                                rounding):
     from calibkit import workflow
+    from calibkit.workflow import calibration
 
-    monkeypatch.setattr(workflow, "MOMENT_IMAGES", 10)  # the first task takes 10 images, the rest go 5 by 5
+    monkeypatch.setattr(calibration, "MOMENT_IMAGES", 10)  # the first task takes 10 images, the rest go 5 by 5
     options = dict(methods="minmax,mse,entropy2", samples=0, preprocess=SPEC, shard_size=5, weight_rounding=rounding,
                    bias_correction=rounding == "gptq")
     one = workflow.calibrate(small_model, thirty_images, tmp_path / "one", **options)

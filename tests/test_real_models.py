@@ -50,6 +50,8 @@ def assert_every_int8_convolution_runs_int8(document, html):
             layer = layers[node["layer"]]
             assert node["node"] in layer["onnx_nodes"] and layer["precision"] == "Int8"
         assert model["versus_fp16"]["kernels"] > 0
+    for node in engine.get("kept_float_for_tensorrt", []):
+        assert node in html, "the report names every node kept float because TensorRT runs it in float"
 
 
 def peak_gb(document) -> float:

@@ -95,7 +95,7 @@ def _build(trt, job: BuildJob) -> BuildResult:
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     began = time.perf_counter()
-    if not parser.parse_from_file(job.model):
+    if not parser.parse(_with_input_shape(job), job.model):
         errors = [f"{e.node_name() or 'model'}: {e.desc()}" for e in (parser.get_error(i) for i in range(parser.num_errors))]
         return BuildResult(False, errors or ["the ONNX parser refused the model"], seconds=time.perf_counter() - began)
     config = builder.create_builder_config()
@@ -118,6 +118,21 @@ def _build(trt, job: BuildJob) -> BuildResult:
     layers = next((text for _, text in messages if text.startswith("Layers:")), "")
     memory = "\n".join(text for _, text in messages if text.startswith("Total ") and "Memory" in text)
     return BuildResult(True, errors, f"{layers}\n\n{memory}", int(plan.nbytes), seconds)
+
+
+def _with_input_shape(job: BuildJob) -> bytes:
+    """The model's bytes with its input's free dimensions set to the job's shape: exporters name free
+    dimensions alike (Paddle2ONNX names height and width both ``?``), which TensorRT reads as equal."""
+    import onnx
+
+    model = onnx.load(job.model)
+    constants = {init.name for init in model.graph.initializer}
+    image = next(inp for inp in model.graph.input if inp.name not in constants)
+    dims = image.type.tensor_type.shape.dim
+    for dim, size in zip(dims, job.shape):
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            dim.dim_value = int(size)
+    return model.SerializeToString()
 
 
 def _write_atomic(path: Path, plan) -> None:

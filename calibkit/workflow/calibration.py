@@ -6,20 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import onnx
 
-from calibkit.artifacts.method_files import MethodFiles, qdq_paths, write_all
+from calibkit.artifacts.method_files import MethodFiles, export_targets, qdq_paths, write_all
 from calibkit.artifacts.placement import quantized_inputs, quantized_nodes
 from calibkit.artifacts.qdq import resolve_exclusions
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.backends import require
 from calibkit.backends.base import backend_info
 from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping
-from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, check_rounding, refine_weights
+from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
@@ -238,20 +239,42 @@ def calibrate(
         with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
             enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
         timings["export_s"] = time.perf_counter() - start
-        engine = None
+        engine, kept_float = None, []
         if engines is not None:
             start = time.perf_counter()
-            built = [Candidate(f"int8 {label}", "int8", qdq_paths(out, label)["tensorrt"], calibrator=label)
-                     for label in calibrators]
-            engine = engine_check(model, built, spec, engines, out)
+            engine, kept_float = checked_exports(model, out, spec, engines, source, ranges, exclude, weights)
             write_text_atomic(out / ENGINE_CHECK, json.dumps(reproducible(engine), indent=1) + "\n")
             timings["engine_check_s"] = time.perf_counter() - start
         timings["total_s"] = time.perf_counter() - began
-        summary = {"model": str(model), "methods": list(calibrators), "exclude": list(exclude), "timings": timings,
-                   **stats.provenance, "coverage": coverage, "sufficiency": enough}
+        summary = {"model": str(model), "methods": list(calibrators), "exclude": [*exclude, *kept_float],
+                   "kept float for TensorRT": kept_float, "timings": timings, **stats.provenance,
+                   "coverage": coverage, "sufficiency": enough}
         write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
         run = CalibrationRun(final, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine)
     return run
+
+
+def checked_exports(model: Path, out: Path, preprocess: Preprocess, settings: EngineSettings, source: Path,
+                    ranges: Mapping[str, Mapping[str, TensorRange]], exclude: Sequence[str],
+                    weights: RefinedWeights) -> tuple[dict, list[str]]:
+    """What TensorRT-RTX builds of every INT8 export in ``out``; where the engine runs nodes calibkit
+    quantized in float anyway (their Q/DQ would cost accuracy and buy no speed), the exports are written
+    again with those nodes kept float and checked again. Returns the check and the nodes kept float."""
+    built = [Candidate(f"int8 {label}", "int8", qdq_paths(out, label)["tensorrt"], calibrator=label) for label in ranges]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the nodes are re-exported below; the second check warns of what stays
+        engine = engine_check(model, built, preprocess, settings, out)
+    kept = sorted({node for m in engine["models"] if m["precision"] == "int8" for node in m["fell_to_float"]})
+    if not kept:
+        return engine, []
+    warnings.warn(f"TensorRT-RTX runs {len(kept)} node(s) calibkit quantized in float ({', '.join(kept[:6])}"
+                  f"{' ...' if len(kept) > 6 else ''}): the Q/DQ models keep them float (--no-engine-check keeps "
+                  "them quantized)", stacklevel=3)
+    for label, table in ranges.items():
+        export_targets(source, out, label, table, (*exclude, *kept), weights)
+    engine = engine_check(model, built, preprocess, settings, out)
+    engine["kept_float_for_tensorrt"] = kept
+    return engine, kept
 
 
 def engine_check(model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,

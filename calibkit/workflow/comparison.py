@@ -131,6 +131,10 @@ def compare_and_report(
             built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
                                    calibrator=f"{mixed['calibrator']}.mixed"))
         comparison["engine"] = engine_check(model, built, preprocess, engines, Path(report).parent)
+        comparison["engine"]["kept_float_for_tensorrt"] = sorted({
+            node for c in candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
+            for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
+                "kept float for TensorRT", [])})
         comparison["timings"]["engine_check_s"] = time.perf_counter() - started
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
