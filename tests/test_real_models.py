@@ -142,7 +142,10 @@ def test_random_weight_transformer_runs_end_to_end(tiny_vit, shared_images, tmp_
     made_by = {out: node.op_type for node in quantized.graph.node for out in node.output}
     attention = [n for n in quantized.graph.node if n.op_type == "MatMul"
                  and all(made_by.get(name) == "DequantizeLinear" for name in n.input)]
-    assert len(attention) == 24, "every MatMul, the attention ones included, reads INT8 inputs"
+    kept = json.loads((run / "summary.json").read_text())["kept float for TensorRT"]
+    assert all(name.endswith("qkv/MatMul") for name in kept), "only what TensorRT runs in float is kept float"
+    assert len(attention) == 24 - len(kept), "every other MatMul, the attention ones included, reads INT8 inputs"
+    assert not {n.name for n in attention} & set(kept)
     for node in quantized.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
             assert made_by.get(node.input[0]) != "DequantizeLinear", f"{node.op_type} stays float"

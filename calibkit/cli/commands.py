@@ -189,7 +189,7 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
     if args.compare:
         _report_path(args)
     engines = engine_settings(args)
-    run = _run_calibration(args, None if args.compare else engines)
+    run = _run_calibration(args, engines)
     if not args.compare:
         return 0
     candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]

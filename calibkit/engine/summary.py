@@ -4,6 +4,7 @@ the JSON section the report shows under "What TensorRT builds" and the lines the
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +13,8 @@ from calibkit.engine import builder
 from calibkit.engine.check import EngineCheck, EngineModel, build, choose_target
 from calibkit.errors import CalibkitError
 from calibkit.progress import progress
+
+PARALLEL_BUILDS = 2
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,15 @@ def check_engines(models: Sequence[EngineModel], shape: Sequence[int], settings:
     """Build every model for ``settings.target``; the report section, with kernels and size against the
     FP16 engine and a warning for every INT8 node that runs float."""
     engine_dir = engine_dir if settings.write_engines else None
-    checks = []
-    with progress(len(models), f"TensorRT-RTX builds for {settings.target}", unit="model") as bar:
-        for model in models:
-            checks.append(build(model, shape, settings.target, engine_dir))
-            bar.update(1)
+    def one(model: EngineModel) -> EngineCheck:
+        check = build(model, shape, settings.target, engine_dir)
+        bar.update(1)
+        return check
+
+    # each build is one single-threaded child process: two at a time keep both cores busy
+    with progress(len(models), f"TensorRT-RTX builds for {settings.target}", unit="model") as bar, \
+            ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
+        checks = list(pool.map(one, models))
     fp16 = next((c for c in checks if c.precision == "fp16" and c.built), None)
     documents = []
     for check in checks:
