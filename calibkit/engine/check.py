@@ -22,7 +22,7 @@ import onnx
 from calibkit.engine.builder import DEFAULT_TARGET, TARGETS, BuildJob, BuildResult, target_for
 from calibkit.engine.layers import EngineLayer, parse_layers, parse_memory
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import load_model
+from calibkit.onnx_model import file_sha256, load_model
 
 # ONNX ops whose precision the check follows: the ones TensorRT runs on tensor cores in INT8.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -157,25 +157,44 @@ def node_precisions(model: onnx.ModelProto, layers: Sequence[EngineLayer]) -> li
 
 def padding_constants(model: onnx.ModelProto, layers: Sequence[EngineLayer]) -> dict:
     """Activation-sized constants of generated kernels and the depthwise convolutions they feed: bytes in
-    all, and the convolutions (the reason an INT8 engine can outgrow the FP16 one)."""
+    all as the layer list declares them (each constant once, by name; the engine file may hold them in
+    less), and the convolutions."""
     depthwise = depthwise_convolutions(model)
     consumer = {t.name: layer for layer in layers for t in layer.inputs}
-    total, fed = 0, []
+    declared: dict[str, int] = {}
+    fed: list[str] = []
     for layer in layers:
-        large = sum(t.nbytes for t in layer.constants if t.nbytes >= LARGE_CONSTANT_BYTES)
+        large = {t.name: t.nbytes for t in layer.constants if t.nbytes >= LARGE_CONSTANT_BYTES}
         if layer.type != "kgen" or not large:
             continue
-        total += large
+        declared.update(large)
         for out in layer.outputs:
             target = consumer.get(out.name)
             fed += [n for n in (target.onnx_nodes if target else ()) if n in depthwise]
-    return {"bytes": total, "depthwise_fed": sorted(set(fed))}
+    return {"bytes": sum(declared.values()), "depthwise_fed": sorted(set(fed))}
+
+
+# What the builder said of models already built in this process, by model bytes, input shape and target:
+# ``calibrate --compare`` checks the run's models in calibrate and again in compare.
+_BUILT: dict[tuple[str, tuple[int, ...], str], BuildResult] = {}
 
 
 def build(model: EngineModel, shape: Sequence[int], target: str, engine_dir: Path | None = None) -> EngineCheck:
-    """Build ``model`` in a child process (:mod:`calibkit.engine.builder`) and read its engine back."""
+    """Build ``model`` in a child process (:mod:`calibkit.engine.builder`) and read its engine back; the
+    same model bytes, shape and target are built once per process unless the engine is to be kept."""
     engine_path = engine_dir / f"{model.label}.{target}.trtrtx.engine" if engine_dir is not None else None
     job = BuildJob(str(model.path), tuple(int(d) for d in shape), target, str(engine_path) if engine_path else None)
+    key = (file_sha256(Path(model.path)), job.shape, target)
+    if engine_path is None and key in _BUILT:
+        return read_back(model, target, _BUILT[key])
+    result = _run_builder(job)
+    if result.built:
+        _BUILT[key] = result
+    return read_back(model, target, result, engine_path)
+
+
+def _run_builder(job: BuildJob) -> BuildResult:
+    """One build in a child process; a crash, timeout or missing result is a failed build, in words."""
     with tempfile.TemporaryDirectory(prefix="calibkit-engine-") as tmp:
         jobs, results = Path(tmp) / "job.json", Path(tmp) / "result.json"
         jobs.write_text(json.dumps(asdict(job)), encoding="utf-8")
@@ -183,14 +202,11 @@ def build(model: EngineModel, shape: Sequence[int], target: str, engine_dir: Pat
             done = subprocess.run([sys.executable, "-m", "calibkit.engine.builder", str(jobs), str(results)],
                                   capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return EngineCheck(model.name, model.precision, str(model.path), target, False,
-                               [f"the build took longer than {BUILD_TIMEOUT_S} s and was stopped"])
+            return BuildResult(False, [f"the build took longer than {BUILD_TIMEOUT_S} s and was stopped"])
         if done.returncode != 0 or not results.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-            return EngineCheck(model.name, model.precision, str(model.path), target, False,
-                               [f"the TensorRT-RTX builder process failed ({tail[0][:300]})"])
-        result = BuildResult(**json.loads(results.read_text(encoding="utf-8")))
-    return read_back(model, target, result, engine_path)
+            return BuildResult(False, [f"the TensorRT-RTX builder process failed ({tail[0][:300]})"])
+        return BuildResult(**json.loads(results.read_text(encoding="utf-8")))
 
 
 def read_back(model: EngineModel, target: str, result: BuildResult, engine_path: Path | None = None) -> EngineCheck:

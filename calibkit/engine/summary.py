@@ -88,10 +88,10 @@ def _versus_fp16(check: EngineCheck, fp16: EngineCheck | None) -> dict | None:
     reason = None
     if check.engine_bytes > fp16.engine_bytes:
         fed = check.padding.get("depthwise_fed", [])
-        reason = (f"{padding / 1e6:.1f} MB of this engine are activation-sized constants of the generated kernels in "
-                  f"front of {len(fed)} INT8 depthwise convolutions: TensorRT-RTX stores each depthwise channel "
-                  "padded to four for its INT8 kernels (weights laid out [C,4,k,k]); FP16 engines have no such "
-                  "constants" if padding and fed else
+        reason = (f"Its layer list declares {padding / 1e6:.1f} MB of activation-sized Int8 constants in the generated "
+                  f"kernels in front of {len(fed)} INT8 depthwise convolutions (TensorRT-RTX lays each depthwise "
+                  "channel out padded to four for its INT8 kernels, weights [C,4,k,k]), the likely reason; the "
+                  "FP16 engine has none, and the engine file holds them in less than they declare" if padding and fed else
                   "larger than the FP16 engine; the layer list shows no activation-sized constants to explain it")
     return {"kernels": fp16.kernels, "kernel_ratio": round(check.kernels / max(fp16.kernels, 1), 2),
             "engine_mb": round(fp16.engine_bytes / 1e6, 3),
