@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -81,6 +82,20 @@ def connect(address: str = LOCAL) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+        if address == LOCAL:
+            remove_local_copies()
+
+
+def remove_local_copies() -> None:
+    """Remove the model copies that workers on this machine wrote of the models this process sent: call
+    after shutting down a local Ray instance (never while its workers may still read them)."""
+    for folder in _WRITTEN:
+        shutil.rmtree(folder, ignore_errors=True)
+    _WRITTEN.clear()
+
+
+# Where workers of a local Ray instance this process started write the models it sent (removed at shutdown).
+_WRITTEN: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -92,11 +107,16 @@ class ModelFile:
 
     @classmethod
     def of(cls, path: Path) -> "ModelFile":
-        return cls(Path(path).name, Path(path).read_bytes())
+        model = cls(Path(path).name, Path(path).read_bytes())
+        _WRITTEN.add(model.folder())
+        return model
+
+    def folder(self) -> Path:
+        return Path(tempfile.gettempdir()) / f"calibkit-ray-{hashlib.sha256(self.data).hexdigest()[:16]}"
 
     def path(self) -> Path:
         """The model as a file on this worker (its name kept: provenance and messages use it)."""
-        folder = Path(tempfile.gettempdir()) / f"calibkit-ray-{hashlib.sha256(self.data).hexdigest()[:16]}"
+        folder = self.folder()
         target = folder / self.name
         if not target.is_file():
             folder.mkdir(parents=True, exist_ok=True)

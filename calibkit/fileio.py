@@ -42,8 +42,28 @@ def ensure_writable_dir(path: Path, fix: str = "choose another --out") -> Path:
     return path
 
 
+def check_writable_file(path: Path) -> Path:
+    """Like :func:`ensure_writable_file`, but makes no folder: tried in the nearest folder that exists, so a
+    command that fails later leaves no empty folder behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise CalibkitError(f"{path}: is a folder, and a file is written here; pass the path of a file")
+    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not existing.is_dir():
+        raise CalibkitError(f"{existing}: is a file, so {path} cannot be written; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise CalibkitError(f"{existing}: not writable ({exc.strerror}), so {path} cannot be written; "
+                            "choose another path") from exc
+    return path
+
+
 def ensure_writable_file(path: Path) -> Path:
-    """Fail early, with one line naming ``path``, when its folder cannot take a new file."""
+    """Fail early, with one line naming ``path``, when it is a folder or its folder cannot take a new file."""
+    if Path(path).is_dir():
+        raise CalibkitError(f"{path}: is a folder, and a file is written here; pass the path of a file")
     ensure_writable_dir(Path(path).parent, fix=f"choose another path than {path}")
     return Path(path)
 

@@ -31,13 +31,26 @@ class ImageInput:
 
 def load_model(path: Path) -> onnx.ModelProto:
     """Load an ONNX file or fail with a one-line message naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CalibkitError(f"{path}: model file does not exist; pass an .onnx file to --model")
+    path = check_model_file(path)
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:
         raise CalibkitError(f"{path}: not a readable ONNX model ({type(exc).__name__}); re-export it") from exc
+    if not model.graph.node:
+        raise CalibkitError(f"{path}: not an ONNX model (it holds no graph); re-export it")
+    return model
+
+
+def check_model_file(path: Path) -> Path:
+    """``path`` when it is a non-empty file, else one line saying what it is instead (before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CalibkitError(f"{path}: is a folder; pass an .onnx file to --model")
+    if not path.is_file():
+        raise CalibkitError(f"{path}: model file does not exist; pass an .onnx file to --model")
+    if path.stat().st_size == 0:
+        raise CalibkitError(f"{path}: the model file is empty; export the model again")
+    return path
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -2,6 +2,8 @@
 task run again, and a task's error as one line naming its shard."""
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    distributed.remove_local_copies()
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +117,13 @@ def test_a_bad_image_in_a_task_is_one_error_line_naming_its_shard(small_model, t
     folder = tmp_path / "images"
     shutil.copytree(thirty_images, folder)
     (folder / "img_007.jpg").write_bytes(b"not a jpeg")
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("calibkit-ray-*"))
     result = run_cli("calibrate", "--model", str(small_model), "--images", str(folder), "--out", str(tmp_path / "run"),
                      "--method", "minmax", "--samples", "0", "--ray", "--weight-rounding", "nearest",
                      "--no-bias-correction")
     assert_one_line_error(result, "statistics shard 0", "img_007.jpg")
+    assert set(temp.glob("calibkit-ray-*")) <= before, "the local workers' model copies are removed"
 
 
 def test_ray_with_a_gpu_backend_is_refused_before_any_work(small_model, thirty_images, tmp_path):

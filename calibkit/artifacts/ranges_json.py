@@ -46,8 +46,13 @@ def read_ranges(path: Path) -> tuple[dict[str, TensorRange], dict]:
         raise CalibkitError(f"{path}: cannot read calibkit ranges JSON ({exc})") from exc
     if document.get("format") != FORMAT:
         raise CalibkitError(f"{path}: not a calibkit ranges file (format {document.get('format')!r})")
-    ranges = {
-        name: TensorRange(t["amax"], t["min"], t["max"], t.get("fallback"), t.get("clipped", 0.0))
-        for name, t in document["tensors"].items()
-    }
+    tensors = document.get("tensors")
+    if not isinstance(tensors, dict) or not tensors:
+        raise CalibkitError(f"{path}: holds no tensor ranges; pass a ranges JSON a calibration wrote")
+    try:
+        ranges = {name: TensorRange(float(t["amax"]), t["min"], t["max"], t.get("fallback"), t.get("clipped", 0.0))
+                  for name, t in tensors.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibkitError(f"{path}: a tensor entry lacks amax, min or max ({exc!r}); pass a ranges JSON a "
+                            "calibration wrote") from exc
     return ranges, document

@@ -135,12 +135,12 @@ def get_calibrator(spec: str) -> Calibrator:
 
 
 def parse_methods(text: str) -> list[Calibrator]:
-    """Parse a comma-separated method list; ``all`` means every registered calibrator at its defaults."""
-    specs = [part for part in text.split(",") if part.strip()]
+    """Parse a comma-separated method list; ``all`` stands for every registered calibrator at its defaults
+    (``all,percentile:99.9`` adds one more setting to them)."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
     if not specs:
         raise CalibkitError(f"no calibration method given; available: {', '.join(available_calibrators())}")
-    if [s.strip() for s in specs] == ["all"]:
-        specs = available_calibrators()
+    specs = [name for spec in specs for name in (available_calibrators() if spec == "all" else [spec])]
     calibrators = [get_calibrator(spec) for spec in specs]
     return list({c.label: c for c in calibrators}.values())
 

@@ -8,9 +8,12 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
+from PIL import Image
+
 from calibkit.cli.defaults import INFERENCE_BATCH_SIZE
 from calibkit.cli.options import build_parser
 from calibkit.errors import CalibkitError
+from calibkit.notices import recorded_warnings
 from calibkit.progress import set_quiet, show_warning
 
 
@@ -28,10 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_quiet(args.quiet)
     warnings.showwarning = show_warning
+    # the decoder repeats it with the file's name, which Pillow's own lacks
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     signal.signal(signal.SIGTERM, _terminated)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        with recorded_warnings():
+            return handler(args)
     except CalibkitError as exc:
         print(f"calibkit: error: {exc}", file=sys.stderr)
         return 2

@@ -76,18 +76,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def candidate_specs(text: str) -> list[tuple[str, str]]:
+    """``int8:RUN[:m+m],int8:RANGES.json,fp16`` as (kind, rest) pairs, refused (before any export) when a
+    part is not understood or is listed twice."""
+    specs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, rest = part.partition(":")
+        if not (kind == "fp16" and not rest) and not (kind == "int8" and rest):
+            raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
+        if (kind, rest) in specs:
+            raise CalibkitError(f"--candidates names {part} more than once; list each candidate once")
+        specs.append((kind, rest))
+    if not specs:
+        raise CalibkitError("--candidates is empty; use int8:RUN_DIR[:method+method] or fp16")
+    return specs
+
+
 def _parse_candidates(text: str, model: Path, out: Path, exclude: Sequence[str]):
     from calibkit.workflow import fp16_candidate
 
     candidates = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        kind, _, rest = part.partition(":")
+    for kind, rest in candidate_specs(text):
         if kind == "fp16":
             candidates.append(fp16_candidate(model, out))
-        elif kind == "int8" and rest:
-            candidates.extend(_int8_from_spec(model, rest, out, exclude))
         else:
-            raise CalibkitError(f"candidate {part!r} not understood; use int8:RUN_DIR[:method+method] or fp16")
+            candidates.extend(_int8_from_spec(model, rest, out, exclude))
     names = [c.name for c in candidates]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -154,10 +167,26 @@ def _summarise(result: dict, report: Path) -> None:
 
 
 def _report_path(args: argparse.Namespace) -> Path:
-    """Where the HTML report goes, checked writable before any inference."""
-    from calibkit.fileio import ensure_writable_file
+    """Where the HTML report goes, checked writable (and no folder made) before any inference."""
+    from calibkit.fileio import check_writable_file
 
-    return ensure_writable_file(args.report or (args.out / "report.html"))
+    return check_writable_file(args.report or (args.out / "report.html"))
+
+
+def _fail_on(args: argparse.Namespace) -> list[str]:
+    return list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
+
+
+def check_comparison_options(args: argparse.Namespace) -> None:
+    """Every comparison option checked against the model's outputs and the task's metrics before any image
+    is read or any model written: the task and its --task-opt, the rules, the budget metric, the report path."""
+    from calibkit.compare.verdict import rules_for
+
+    task = _task(args, _preprocess(args))
+    rules_for(task, _fail_on(args), args.unusable_if)
+    if args.accuracy_budget is not None:
+        task.check_budget_metric(args.budget_metric)
+    _report_path(args)
 
 
 def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str | None = None, engines=None) -> int:
@@ -171,9 +200,8 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
         print(f"calibkit: note: {overlap_note}", file=sys.stderr)
     report = _report_path(args)
     spec = _preprocess(args)
-    fail_on = list(args.fail_on) + ([f"top1_drop>{args.fail_on_top1_drop}"] if args.fail_on_top1_drop is not None else [])
     result = compare_and_report(
-        args.model, items, spec, candidates, report, _task(args, spec, items), fail_on, args.unusable_if,
+        args.model, items, spec, candidates, report, _task(args, spec, items), _fail_on(args), args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
         run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
         engines,
@@ -187,7 +215,7 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
     from calibkit.workflow import fp16_candidate, int8_candidates
 
     if args.compare:
-        _report_path(args)
+        check_comparison_options(args)
     engines = engine_settings(args)
     run = _run_calibration(args, engines)
     if not args.compare:
@@ -231,13 +259,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.qdq import export_qdq
     from calibkit.artifacts.ranges_json import read_ranges
     from calibkit.fileio import ensure_writable_file
-    from calibkit.workflow import check_made_from, run_graph, run_weights
+    from calibkit.onnx_model import check_model_file
+    from calibkit.workflow import check_made_from, ranges_weights, run_graph
 
+    check_model_file(args.model)
     ensure_writable_file(args.out)
     ranges, document = read_ranges(args.ranges)
     check_made_from(args.model, document.get("provenance", {}).get("model_sha256"), args.ranges, "ranges")
+    weights = ranges_weights(Path(args.ranges), document, args.nearest_weights)
     graph = run_graph(args.model, Path(args.ranges).parent)
-    weights = None if args.nearest_weights else run_weights(Path(args.ranges).parent)
     engines = engine_settings(args) if args.target == "tensorrt" else None
     path = export_qdq(graph, ranges, args.out, exclude=args.exclude, target=args.target, weights=weights)
     print(f"wrote {path}", file=sys.stderr)
@@ -320,7 +350,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     check_backend(args.ray, args.backend)
     require(args.backend)
-    _report_path(args)
+    candidate_specs(args.candidates)
+    check_comparison_options(args)
     engines = engine_settings(args)
     return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude),
                             engines=engines)

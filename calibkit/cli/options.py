@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from typing import NoReturn
 
 from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
@@ -19,19 +21,49 @@ BATCH_HELP = (
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in text.split(","))
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers such as 127.5,127.5,127.5, "
+                                         f"got {text!r}")
     return values  # type: ignore[return-value]
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected SIZE or HxW, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a size in pixels, SIZE or HxW such as 224 or 640x480, got {text!r}")
     return parts[0], parts[1]
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reads any word starting with a minus and a digit (``-1x224``, ``-1,0,0``) as
+    a value, so the option's own check names what is wrong with it; calibkit has no option spelled so."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> NoReturn:
+        """One ``calibkit: error:`` line, like every other error, pointing at the command's help."""
+        self.exit(2, f"calibkit: error: {message}; see {self.prog} --help\n")
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +149,8 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calibkit", description="INT8/FP16 quantization workbench for ONNX models",
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="calibkit", description="INT8/FP16 quantization workbench for ONNX models",
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"calibkit {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars (warnings and results still show)")
@@ -251,7 +283,7 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--fail-on-top1-drop", type=float, help="same as --fail-on top1-drop>X")
     group.add_argument("--unusable-if", action="append", metavar="RULE",
                        help="call a candidate unusable when it meets RULE (default: the task's own rules)")
-    group.add_argument("--accuracy-budget", type=float,
+    group.add_argument("--accuracy-budget", type=_non_negative_float,
                        help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
                             "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")
     group.add_argument("--sensitivity-images", type=_positive_int, default=100,

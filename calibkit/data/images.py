@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -16,10 +16,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image file and its class index (``None`` when the folder carries no labels)."""
+    """One image file and its class index (``None`` when the folder carries no labels); ``origin`` says
+    where the label came from (``labels.csv:7``, a class subfolder), for messages that name it."""
 
     path: Path
     label: int | None = None
+    origin: str | None = field(default=None, compare=False)
 
 
 def _is_image(path: Path) -> bool:
@@ -27,26 +29,33 @@ def _is_image(path: Path) -> bool:
 
 
 def read_labels_csv(csv_path: Path, root: Path) -> list[ImageItem]:
-    """Read ``file,class_index`` rows; ``file`` is relative to ``root``."""
+    """Read ``file,class_index`` rows; ``file`` is relative to ``root``. A byte-order mark (as spreadsheet
+    programs write it) is accepted; a missing image, a class index that is not a non-negative integer and
+    an image listed twice are refused naming the row."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise CalibkitError(f"{csv_path}: cannot read labels ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise CalibkitError(f"{csv_path}: labels file is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from exc
     if not rows or not {"file", "class_index"} <= set(rows[0]):
         raise CalibkitError(f"{csv_path}: labels file needs a header with columns 'file,class_index'")
-    items = []
+    items, seen = [], {}
     for line_no, row in enumerate(rows, start=2):
-        path = root / row["file"]
+        where = f"{csv_path}:{line_no}"
+        path = root / (row["file"] or "")
         if not path.is_file():
-            raise CalibkitError(f"{csv_path}:{line_no}: listed image {path} does not exist; fix or remove the row")
-        try:
-            label = int(row["class_index"])
-        except ValueError as exc:
-            raise CalibkitError(
-                f"{csv_path}:{line_no}: class_index {row['class_index']!r} is not an integer"
-            ) from exc
-        items.append(ImageItem(path, label))
+            raise CalibkitError(f"{where}: listed image {path} does not exist; fix or remove the row")
+        if path.resolve() in seen:
+            raise CalibkitError(f"{where}: {row['file']} is listed again (first at line {seen[path.resolve()]}), "
+                                "so it would count twice; remove one of the rows")
+        seen[path.resolve()] = line_no
+        text = (row["class_index"] or "").strip()
+        if not (text.isascii() and text.isdigit()):
+            raise CalibkitError(f"{where}: class_index {row['class_index']!r} is not a class number (0, 1, 2, ...); "
+                                "fix the row")
+        items.append(ImageItem(path, int(text), where))
     return sorted(items, key=lambda item: str(item.path))
 
 
@@ -62,13 +71,27 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
         raise CalibkitError(f"{root}: image folder does not exist; pass an existing folder to --images")
     if not root.is_dir():
         raise CalibkitError(f"{root}: --images must be a folder of images, not a file")
+    try:
+        items = _listed_images(root, labels)
+    except OSError as exc:
+        raise CalibkitError(f"{exc.filename or root}: cannot read the image folder ({exc.strerror}); make it "
+                            "readable or pass another --images") from exc
+    if not items:
+        raise CalibkitError(
+            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "point --images at a folder of photos"
+        )
+    return items
+
+
+def _listed_images(root: Path, labels: Path | None) -> list[ImageItem]:
     csv_path = Path(labels) if labels else root / "labels.csv"
     if labels or csv_path.is_file():
         items = read_labels_csv(csv_path, root)
     else:
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         folder_items = [
-            ImageItem(path, index)
+            ImageItem(path, index, f"{sub} (class {index})")
             for index, sub in enumerate(subdirs)
             for path in sorted(sub.rglob("*"))
             if _is_image(path)
@@ -84,12 +107,7 @@ def discover_images(root: Path, labels: Path | None = None) -> list[ImageItem]:
     broken = [p for p in root.rglob("*") if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if broken:
         warnings.warn(f"{root}: {len(broken)} image link(s) point nowhere and were left out (first: {broken[0]})",
-                      stacklevel=2)
-    if not items:
-        raise CalibkitError(
-            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-            "point --images at a folder of photos"
-        )
+                      stacklevel=3)
     return items
 
 

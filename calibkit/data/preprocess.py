@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -188,6 +189,16 @@ def get_preset(name: str) -> Preprocess:
 SKIP_ADVICE = "; remove it or pass --skip-bad"
 
 
+
+def _warn_if_huge(path: Path, size: tuple[int, int]) -> None:
+    """Pillow's decompression-bomb warning, with the file's name it lacks (the CLI silences Pillow's own)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and size[0] * size[1] > limit:
+        warnings.warn(f"{path}: {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP) is past Pillow's "
+                      f"decompression-bomb limit of {limit / 1e6:.0f} MP; decoded anyway, check it is the image you "
+                      "meant", stacklevel=2)
+
+
 def decode_image(path: Path) -> Image.Image:
     """Open ``path`` fully, apply its EXIF orientation and convert it to 8-bit RGB.
 
@@ -196,6 +207,7 @@ def decode_image(path: Path) -> Image.Image:
     the model would see the image's RGB data; transparent pixels are not painted over."""
     try:
         with Image.open(path) as image:
+            _warn_if_huge(path, image.size)
             image.load()
             image = ImageOps.exif_transpose(image)
             if image.mode.startswith("I;16") or image.mode == "I":

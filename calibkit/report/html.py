@@ -160,6 +160,7 @@ def write_report(
         labelled=comparison["labelled"],
         preprocess=comparison.get("preprocess", ""),
         coverage_note=comparison.get("note"),
+        warnings=comparison.get("warnings", []),
         table=_metric_table(comparison, colours),
         details=[t for c in comparison["candidates"] for t in _detail_tables(c)],
         candidates=candidates,

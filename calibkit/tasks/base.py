@@ -141,6 +141,11 @@ class Task:
     def scorer(self) -> Scorer:
         raise NotImplementedError
 
+    def label_classes(self) -> int | None:
+        """How many classes an image's label may name (labels ``0 .. n-1``); ``None``: the task reads no
+        class labels, so any are ignored."""
+        return None
+
     def check_budget_metric(self, metric: str) -> None:
         """Refuse, before any inference, an accuracy budget this task cannot measure."""
         if not self.budget_metrics:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -84,12 +83,9 @@ class Classification(Task):
         chosen = self.select_output(2, "[N, classes]")
         self.output, self.classes = chosen.name, chosen.shape[-1]
         self.use_labels = context.num_labels is not None
-        if self.use_labels and self.classes and context.num_labels > self.classes:
-            warnings.warn(
-                f"labels name {context.num_labels} classes but output {self.output!r} has {self.classes}; "
-                "ignoring the labels (agreement with FP32 only)", stacklevel=2,
-            )
-            self.use_labels = False
+
+    def label_classes(self) -> int | None:
+        return self.classes
 
     @classmethod
     def detect(cls, outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> bool:

@@ -7,12 +7,12 @@ from calibkit.workflow.calibration import (ENGINE_CHECK, CalibrationRun, calibra
                                            model_preprocess)
 from calibkit.workflow.candidates import (CALIBRATED_GRAPH, RUN_WEIGHTS, check_made_from, check_run_matches,
                                           fp16_candidate, int8_candidates, method_label, ranges_candidate,
-                                          run_exclusions, run_graph, run_weights)
+                                          ranges_weights, run_exclusions, run_graph, run_weights)
 from calibkit.workflow.comparison import (bench_models, calibration_overlap, calibration_sections, compare_and_report,
                                           image_cache, model_task, sensitivity_and_budget, usable_batch_sizes)
 
 __all__ = ["CALIBRATED_GRAPH", "ENGINE_CHECK", "RUN_WEIGHTS", "CalibrationRun", "bench_models", "calibrate",
            "calibration_overlap", "calibration_sections", "check_made_from", "check_run_matches", "compare_and_report",
            "engine_check", "fp16_candidate", "image_cache", "input_shape", "int8_candidates", "method_label",
-           "model_preprocess", "model_task", "ranges_candidate", "run_exclusions", "run_graph", "run_weights",
+           "model_preprocess", "model_task", "ranges_candidate", "ranges_weights", "run_exclusions", "run_graph", "run_weights",
            "sensitivity_and_budget", "usable_batch_sizes"]

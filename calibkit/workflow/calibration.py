@@ -29,6 +29,7 @@ from calibkit.engine.summary import EngineSettings, reproducible
 from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
+from calibkit.notices import recording, warned_so_far
 from calibkit.onnx_model import file_sha256, image_input, load_model
 from calibkit.progress import progress
 from calibkit.run_folder import SUMMARY, check_out_folder, run_transaction
@@ -57,6 +58,7 @@ class CalibrationRun:
     sufficiency: dict | None = None
     coverage: dict | None = None
     engine: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 
@@ -117,7 +119,11 @@ def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, c
     return out / CALIBRATED_GRAPH, done.summary()
 
 
+# Fewer calibration images than this get a warning: ranges from a handful of images rarely hold for others.
+FEW_IMAGES = 100
 
+
+@recording
 def calibrate(
     model: Path,
     images: Path | Sequence[ImageItem],
@@ -177,6 +183,9 @@ def calibrate(
         pool, _ = readable_embeddings(pool, skip_bad=True)
     chosen = sample(pool, samples, sampler, seed)
     timings["sampling_s"] = time.perf_counter() - start
+    if len(chosen) < FEW_IMAGES:
+        warnings.warn(f"calibrating on {len(chosen)} image(s): ranges from so few rarely hold for other images "
+                      "(TensorRT suggests about 500); pass more images", stacklevel=2)
     # written into a staging folder beside ``final``, moved in when every file is written
     final = out
     with run_transaction(final, force) as out:
@@ -208,7 +217,8 @@ def calibrate(
         stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
                                  "sampler": sampler, "seed": seed, "pool_size": len(pool),
                                  "graph normalisation": graph.summary(), "depthwise equalisation": equalized,
-                                 "weights": weights.summary()})
+                                 "weights": weights.summary(),
+                                 "weights_file": {"file": RUN_WEIGHTS, "sha256": file_sha256(out / RUN_WEIGHTS)}})
         # what every file of the run records, so a folder mixing two runs' files is refused when read
         stats.provenance["run_id"] = hashlib.sha256(json.dumps(
             [stats.provenance, list(calibrators), list(exclude), trt_version], sort_keys=True).encode()).hexdigest()[:16]
@@ -228,6 +238,9 @@ def calibrate(
 
         def check_sufficiency() -> dict | None:
             if len(stats.shards) < 2:
+                if shard_size:
+                    warnings.warn(f"sufficiency check skipped: {len(chosen)} image(s) make fewer than two shards "
+                                  f"of {shard_size}, so there is no subset to compare the ranges with", stacklevel=2)
                 return None
             started = time.perf_counter()
             result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
@@ -248,9 +261,10 @@ def calibrate(
         timings["total_s"] = time.perf_counter() - began
         summary = {"model": str(model), "methods": list(calibrators), "exclude": [*exclude, *kept_float],
                    "kept float for TensorRT": kept_float, "timings": timings, **stats.provenance,
-                   "coverage": coverage, "sufficiency": enough}
+                   "coverage": coverage, "sufficiency": enough, "warnings": warned_so_far()}
         write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
-        run = CalibrationRun(final, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine)
+        run = CalibrationRun(final, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine,
+                             summary["warnings"])
     return run
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from calibkit.artifacts.fp16 import export_fp16
 from calibkit.artifacts.method_files import export_targets, qdq_paths
@@ -91,14 +91,36 @@ def int8_candidates(model: Path, run_dir: Path, labels: Sequence[str] | None = N
     return candidates
 
 
-def ranges_candidate(model: Path, ranges_file: Path, out: Path, exclude: Sequence[str] = ()) -> Candidate:
+def ranges_weights(ranges_file: Path, document: Mapping, nearest: bool = False) -> RefinedWeights | None:
+    """The weights a ranges JSON was calibrated with: the run's ``weights.npz`` beside it, checked against
+    the hash the JSON records. A JSON that records none (an imported cache, an older run) or ``nearest``
+    gets round-to-nearest weights; a recorded file that is missing or different is refused, since its
+    Q/DQ model would silently differ from the run's."""
+    recorded = document.get("provenance", {}).get("weights_file")
+    if nearest or not recorded:
+        return None
+    kept = Path(ranges_file).parent / recorded["file"]
+    if not kept.is_file():
+        raise CalibkitError(f"{ranges_file}: its run rounded the weights into {recorded['file']}, which is not "
+                            f"beside it; copy the run's {recorded['file']} next to it, or pass --nearest-weights "
+                            "to round weights to nearest")
+    if file_sha256(kept) != recorded["sha256"]:
+        raise CalibkitError(f"{kept}: not the weights file {ranges_file.name} was calibrated with (sha256 "
+                            f"{recorded['sha256'][:12]}...); copy that run's {recorded['file']} next to it, or pass "
+                            "--nearest-weights to round weights to nearest")
+    return RefinedWeights.load(kept)
+
+
+def ranges_candidate(model: Path, ranges_file: Path, out: Path, exclude: Sequence[str] = (),
+                     nearest_weights: bool = False) -> Candidate:
     """An INT8 candidate from one ranges JSON (say one ``calibkit import-cache`` wrote from a TensorRT 10
-    cache), exported into ``out`` with the weights of the run folder it sits in, where it sits in one."""
+    cache), exported into ``out`` with the weights its run recorded (:func:`ranges_weights`)."""
     ranges, document = read_ranges(ranges_file)
     check_made_from(model, document.get("provenance", {}).get("model_sha256"), ranges_file, "ranges")
+    weights = ranges_weights(Path(ranges_file), document, nearest_weights)
     label = Path(ranges_file).name.removesuffix(".json")
     source = run_graph(model, Path(ranges_file).parent)
-    paths = export_targets(source, Path(out), label, ranges, tuple(exclude), run_weights(Path(ranges_file).parent))
+    paths = export_targets(source, Path(out), label, ranges, tuple(exclude), weights)
     return Candidate(f"int8 {label}", "int8", paths["tensorrt"], paths["tensorrt"], paths["onnxruntime"], label,
                      Path(ranges_file), source, tuple(exclude))
 

@@ -20,6 +20,7 @@ from calibkit.distributed import check_backend
 from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
 from calibkit.memory import peak_rss_gb, trim_heap
+from calibkit.notices import merge, recording, warned_so_far
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
 from calibkit.progress import progress
 from calibkit.report.provenance import environment
@@ -65,9 +66,22 @@ def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
     labels = [item.label for item in items]
     num_labels = max(labels) + 1 if labels and None not in labels else None
     context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels)
-    return make_task(name, context)
+    task = make_task(name, context)
+    check_labels(items, task.label_classes(), model)
+    return task
 
 
+def check_labels(items: Sequence[ImageItem], classes: int | None, model: Path) -> None:
+    """Refuse labels naming a class the model does not have, naming the rows (never drop them all)."""
+    bad = [item for item in items if classes and item.label is not None and item.label >= classes]
+    if bad:
+        rows = ", ".join(f"{item.origin or item.path} names class {item.label}" for item in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CalibkitError(f"{rows}{more}: outside {model.name}'s {classes} classes (0-{classes - 1}); "
+                            "fix or remove those rows")
+
+
+@recording
 def compare_and_report(
     model: Path,
     items: Sequence[ImageItem],
@@ -146,6 +160,8 @@ def compare_and_report(
         engine = comparison["engine"]
         provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
     provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
+    earlier = calibration_warnings(run, candidates)
+    comparison["warnings"] = merge(list(earlier), warned_so_far())
     write_report(report, comparison, [], provenance=provenance, **extras)
     speed: list[dict] = []
     if batch_sizes:
@@ -167,8 +183,21 @@ def compare_and_report(
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
+        comparison["warnings"] = merge(list(earlier), warned_so_far())
         write_report(report, comparison, speed, provenance=provenance, **extras)
     return {"comparison": comparison, "speed": speed}
+
+
+def calibration_warnings(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> list[str]:
+    """What the calibration behind the candidates warned: ``run``'s, else each run folder's ``summary.json``."""
+    if run is not None:
+        return list(run.warnings)
+    folders = dict.fromkeys(c.ranges.parent for c in candidates if c.ranges is not None)
+    found: list[str] = []
+    for folder in folders:
+        if (folder / SUMMARY).is_file():
+            merge(found, json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("warnings", []))
+    return found
 
 
 def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:

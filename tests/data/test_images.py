@@ -38,7 +38,7 @@ def test_labels_csv_naming_missing_file_fails_with_line(tmp_path):
 def test_labels_csv_with_bad_class_index(tmp_path):
     write_images(tmp_path, 1)
     (tmp_path / "labels.csv").write_text("file,class_index\nimg_000.jpg,cat\n")
-    with pytest.raises(CalibkitError, match="not an integer"):
+    with pytest.raises(CalibkitError, match="labels.csv:2: class_index .cat. is not a class number"):
         discover_images(tmp_path)
 
 
@@ -85,3 +85,33 @@ def test_image_list_hash_depends_on_the_pixels_not_only_the_names(tmp_path):
     first, second = discover_images(tmp_path / "a"), discover_images(tmp_path / "b")
     assert [i.path.name for i in first] == [i.path.name for i in second]
     assert image_list_hash(first) != image_list_hash(second)
+
+
+def _labelled(folder: Path, rows: str, bom: bool = False) -> Path:
+    write_images(folder, 3)
+    text = "file,class_index\n" + rows
+    (folder / "labels.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return folder
+
+
+@pytest.mark.parametrize("rows, fragments", [
+    ("img_000.jpg,1\nimg_001.jpg,5000\nimg_002.jpg,2\n", ["labels.csv:3 names class 5000", "10 classes (0-9)"]),
+    ("img_000.jpg,1\nimg_001.jpg,-3\n", ["labels.csv:3", "'-3' is not a class number"]),
+    ("img_000.jpg,1\nimg_001.jpg,2\nimg_000.jpg,1\n", ["labels.csv:4", "listed again (first at line 2)"]),
+])
+def test_eval_refuses_bad_label_rows_naming_them(small_model, tmp_path, rows, fragments):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    folder = _labelled(tmp_path / "images", rows)
+    assert_one_line_error(run_cli("eval", "--model", str(small_model), "--images", str(folder)), *fragments)
+
+
+def test_eval_reads_a_labels_csv_saved_with_a_byte_order_mark(small_model, tmp_path):
+    import json
+
+    from tests.test_cli import run_cli
+
+    folder = _labelled(tmp_path / "images", "img_000.jpg,1\nimg_001.jpg,2\nimg_002.jpg,3\n", bom=True)
+    done = run_cli("eval", "--model", str(small_model), "--images", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["top1"] is not None
