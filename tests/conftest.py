@@ -100,6 +100,48 @@ def build_paddle_style_cnn(path: Path, opset: int = 11, seed: int = 0, classes: 
     return path
 
 
+def build_tiny_yolov8(path: Path, names: tuple[str, ...] = ("text", "table", "figure"), size: int = 64,
+                      seed: int = 0) -> Path:
+    """A random-weight detector with the YOLOv8 export's layout: one output [1, 4 + C, A] of decoded
+    (cx, cy, w, h) boxes in input pixels and sigmoid class scores, and Ultralytics' metadata."""
+    rng = np.random.default_rng(seed)
+    classes, cells = len(names), (size // 8) ** 2
+
+    def init(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["images", "w1", "b1"], ["c1"], name="stem", strides=[8, 8], kernel_shape=[8, 8]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="stem_relu"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="head"),
+        helper.make_node("Reshape", ["c2", "shape"], ["flat"], name="flatten_cells"),
+        helper.make_node("Split", ["flat", "split"], ["box_raw", "cls_raw"], name="split_box_cls", axis=1),
+        helper.make_node("Sigmoid", ["box_raw"], ["box_unit"], name="box_sigmoid"),
+        helper.make_node("Mul", ["box_unit", "pixels"], ["boxes"], name="box_scale"),
+        helper.make_node("Sigmoid", ["cls_raw"], ["scores"], name="cls_sigmoid"),
+        helper.make_node("Concat", ["boxes", "scores"], ["output0"], name="output_concat", axis=1),
+    ]
+    initializers = [
+        init("w1", rng.standard_normal((16, 3, 8, 8)) * 0.05), init("b1", rng.standard_normal(16) * 0.1),
+        init("w2", rng.standard_normal((4 + classes, 16, 1, 1)) * 0.5), init("b2", np.zeros(4 + classes)),
+        numpy_helper.from_array(np.array([1, 4 + classes, cells], np.int64), "shape"),
+        numpy_helper.from_array(np.array([4, classes], np.int64), "split"),
+        init("pixels", np.array([size, size, size / 2, size / 2]).reshape(1, 4, 1)),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_yolov8", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, cells])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    metadata = {"task": "detect", "stride": "8", "imgsz": f"[{size}, {size}]",
+                "names": "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(names)) + "}"}
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0) -> list[Path]:
     """Smooth random colour photos-to-be (JPEG), distinct per index."""
     folder.mkdir(parents=True, exist_ok=True)

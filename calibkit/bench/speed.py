@@ -20,6 +20,10 @@ from calibkit.backends.base import Session
 # A ratio whose highest round exceeds its lowest by more than this factor is called noisy.
 NOISY_SPREAD = 1.25
 
+# A ratio is noisy too where the median round ratio and the ratio of the p50 columns beside it differ by
+# more than this factor (the load changed between rounds): the two would tell different stories.
+P50_DISAGREEMENT = 1.10
+
 
 @dataclass(frozen=True)
 class SpeedResult:
@@ -93,8 +97,9 @@ def _timed_call(session: Session, data: np.ndarray):
 def with_ratios(results: Sequence[SpeedResult], baseline: str = "fp32") -> list[dict]:
     """Rows with ``speedup`` = median over rounds of (baseline round latency / round latency) for the same
     backend and batch size, its lowest and highest round (``speedup_low``, ``speedup_high``) and
-    ``noisy`` when they differ by more than :data:`NOISY_SPREAD` (for the baseline itself: when its own
-    rounds do). Without rounds, the p50 ratio."""
+    ``noisy`` when they differ by more than :data:`NOISY_SPREAD` or the ratio of the p50s disagrees
+    (:data:`P50_DISAGREEMENT`); for the baseline itself, when its own rounds differ. Without rounds, the
+    p50 ratio."""
     base = {(r.backend, r.batch): r for r in results if r.precision == baseline}
     rows = []
     for r in results:
@@ -104,9 +109,11 @@ def with_ratios(results: Sequence[SpeedResult], baseline: str = "fp32") -> list[
             row.update(speedup=1.0, noisy=bool(max(r.round_ms) > NOISY_SPREAD * min(r.round_ms)))
         elif ref is not None and ref.round_ms and len(ref.round_ms) == len(r.round_ms):
             ratios = np.array(ref.round_ms) / np.array(r.round_ms)
-            low, high = float(ratios.min()), float(ratios.max())
-            row.update(speedup=float(np.median(ratios)), speedup_low=low, speedup_high=high,
-                       noisy=bool(high > NOISY_SPREAD * low))
+            low, high, speedup = float(ratios.min()), float(ratios.max()), float(np.median(ratios))
+            p50_ratio = ref.p50_ms / r.p50_ms
+            disagree = max(speedup, p50_ratio) > P50_DISAGREEMENT * min(speedup, p50_ratio)
+            row.update(speedup=speedup, speedup_low=low, speedup_high=high,
+                       noisy=bool(high > NOISY_SPREAD * low or disagree))
         elif ref is not None:
             row["speedup"] = ref.p50_ms / r.p50_ms
         rows.append(row)

@@ -163,6 +163,8 @@ def _summarise(result: dict, report: Path) -> None:
     from calibkit.engine.summary import engine_lines
 
     lines += engine_lines(comparison.get("engine"))
+    if comparison.get("recommendation"):
+        lines.append(comparison["recommendation"])
     print("\n".join(lines), file=sys.stderr)
 
 

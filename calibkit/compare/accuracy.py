@@ -18,8 +18,29 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+# Smallest probability a log is taken of: a class a quantized Softmax rounds to 0 costs at most log(1e12).
+TINY = 1e-12
+
+
+def is_distribution(values: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """True when every row is already a probability distribution (the model ends in a Softmax)."""
+    return bool(values.size) and values.min() >= 0 and np.allclose(values.sum(axis=1), 1.0, atol=tolerance)
+
+
+def log_probabilities(values: np.ndarray, distribution: bool) -> np.ndarray:
+    """Row-wise log probabilities: of the values themselves where they are a distribution (renormalised,
+    since a quantized Softmax sums to 1 only roughly), else of their softmax."""
+    if not distribution:
+        return log_softmax(values)
+    clipped = np.clip(values, 0, None)
+    return np.log(np.clip(clipped / np.maximum(clipped.sum(axis=1, keepdims=True), TINY), TINY, None))
+
+
 def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean KL(ref || cand) of the softmax of two logit matrices."""
-    log_p, log_q = log_softmax(reference.astype(np.float64)), log_softmax(candidate.astype(np.float64))
+    """Mean KL(ref || cand) of two models' class scores: logits through a softmax, but outputs that
+    already are probabilities as they are (a softmax of probabilities flattens every drift to about 0)."""
+    reference, candidate = reference.astype(np.float64), candidate.astype(np.float64)
+    distribution = is_distribution(reference)
+    log_p, log_q = log_probabilities(reference, distribution), log_probabilities(candidate, distribution)
     return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from calibkit.backends import load
 from calibkit.backends.base import backend_info
+from calibkit.colours import colour_key, method_colours
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
@@ -185,6 +186,7 @@ def comparison_document(reference: Path, candidates: Sequence[Candidate], part: 
     label_keys = [m.key for m in task.metrics if m.labels]
     reference_metrics = part.reference_scorer.result()
     results = []
+    colours = method_colours([colour_key(c.calibrator, c.name) for c in candidates])
     for c in candidates:
         scorer = part.scorers[c.name]
         drifts = list(part.output_drift[c.name].values())
@@ -195,7 +197,7 @@ def comparison_document(reference: Path, candidates: Sequence[Candidate], part: 
             "model": str(c.model),
             "metrics": {**scorer.result(), **output_metrics(drifts)},
             "details": scorer.details(),
-            "examples": scorer.examples(preprocess, EXAMPLES),
+            "examples": scorer.examples(preprocess, EXAMPLES, colour=colours[colour_key(c.calibrator, c.name)]),
             "outputs": [d.to_dict() for d in drifts],
             "layers": [d.to_dict() for d in layers.get(c.name, [])],
         })

@@ -94,3 +94,35 @@ def rules_for(task, fail_on: Sequence[str] = (), unusable_if: Sequence[str] | No
     else:
         unusable = [parse_rule(r, allowed) for r in unusable_if]
     return unusable, [parse_rule(r, allowed) for r in fail_on]
+
+
+def recommendation(task, candidates: Sequence[Mapping], speed_rows: Sequence[Mapping] = ()) -> str:
+    """The verdict's last sentence: the most accurate usable INT8 candidate in the task's own terms (else
+    the most accurate usable one, else FP32), with its speed where a measurement of it is not noisy."""
+    usable = [c for c in candidates if c["verdict"]["status"] == "usable"]
+    if not usable:
+        return "Recommendation: keep FP32; no candidate is usable (reasons above)."
+    int8 = [c for c in usable if c["precision"] == "int8"]
+    best = min(int8 or usable, key=lambda c: _loss(task, c["metrics"])[0])
+    loss, metric = _loss(task, best["metrics"])
+    accuracy = (f"output SQNR {-loss:.1f} dB" if metric == "output SQNR"
+                else f"{metric} {'loss' if loss >= 0 else 'gain'} {abs(loss):.2f} points against FP32")
+    kind = "INT8 candidate" if int8 else "candidate; no INT8 candidate is usable"
+    return f"Recommendation: {best['name']}, the most accurate usable {kind} ({accuracy}){_speed(best, speed_rows)}."
+
+
+def _loss(task, metrics: Mapping[str, float | None]) -> tuple[float, str]:
+    """Points lost on the task's main metric; for tasks without one, the negated output SQNR."""
+    try:
+        return task.budget_loss(metrics)
+    except (CalibkitError, KeyError, TypeError):
+        return -float(metrics.get("output_sqnr") or 0.0), "output SQNR"
+
+
+def _speed(candidate: Mapping, speed_rows: Sequence[Mapping]) -> str:
+    rows = [r for r in speed_rows if r["candidate"] == candidate["name"] and r.get("speedup")]
+    steady = [r for r in rows if not r.get("noisy")]
+    if steady:
+        row = max(steady, key=lambda r: r["batch"])
+        return f"; {row['speedup']:.2f}x FP32 at batch {row['batch']} on {row['backend']}"
+    return "; its speed was noisy on this machine, so none is claimed" if rows else ""

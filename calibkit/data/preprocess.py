@@ -63,9 +63,15 @@ class Preprocess:
             raise CalibkitError("--mean and --std need three values each, std > 0")
 
     def with_overrides(self, **changes: object) -> "Preprocess":
-        """Copy with the non-``None`` entries of ``changes`` applied (CLI flags over a preset)."""
+        """Copy with the non-``None`` entries of ``changes`` applied (CLI flags over a preset), named for
+        what it is: the preset's name while nothing differs, ``<preset> with mean, std changed`` when some
+        fields do, ``custom`` when every field given differs (provenance never names a preset not used)."""
         kept = {key: value for key, value in changes.items() if value is not None}
-        return replace(self, **kept) if kept else self
+        changed = [key for key, value in kept.items() if getattr(self, key) != value]
+        if not changed:
+            return self
+        name = "custom" if len(changed) == len(changes) else f"{self.name} with {', '.join(changed)} changed"
+        return replace(self, **kept, name=name)
 
     def to_dict(self) -> dict:
         return {

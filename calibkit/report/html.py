@@ -11,14 +11,17 @@ import jinja2
 import numpy as np
 
 from calibkit.backends.base import backend_info
+from calibkit.colours import colour_key
 
 from calibkit.compare.verdict import parse_rule
 from calibkit.fileio import write_text_atomic
 from calibkit.report.provenance import cpu_name, gpu_name, usable_cpus
-from calibkit.report.svg import axis_range, histogram_chart, line_chart, method_colours
+from calibkit.report.svg import axis_range, histogram_chart, index_ticks, line_chart, method_colours
 from calibkit.stats.histogram import TensorStats
 from calibkit.tasks.base import Metric
 
+# Lowest-SQNR layers named beside their points in each per-layer chart.
+MARKED_LAYERS = 3
 WORST_LAYERS = 5
 HIST_BARS = 256
 # The sufficiency chart's rule: ranges that move less than this (mean |amax change|, %) between a
@@ -37,8 +40,8 @@ def _json_safe(value):
 
 
 def method_key(candidate: Mapping) -> str:
-    """What a candidate's colour follows: its calibrator (shared with histograms and sufficiency) or name."""
-    return candidate.get("calibrator") or candidate["name"]
+    """What a candidate's colour follows (:func:`calibkit.colours.colour_key`)."""
+    return colour_key(candidate.get("calibrator"), candidate["name"])
 
 
 def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
@@ -99,7 +102,8 @@ def _detail_tables(candidate: Mapping) -> list[dict]:
         if isinstance(value, list) and value and isinstance(value[0], dict):
             header = list(value[0])
             rows = [[_cell(row.get(h)) for h in header] for row in value]
-            tables.append({"title": f"{candidate['name']}: {key.replace('_', ' ')}", "header": header, "rows": rows})
+            tables.append({"title": f"{candidate['name']}: {key.replace('_', ' ')}", "header": header, "rows": rows,
+                           "note": candidate["details"].get(f"{key}_note")})
     return tables
 
 
@@ -161,6 +165,7 @@ def write_report(
         preprocess=comparison.get("preprocess", ""),
         coverage_note=comparison.get("note"),
         warnings=comparison.get("warnings", []),
+        recommendation=comparison.get("recommendation"),
         table=_metric_table(comparison, colours),
         details=[t for c in comparison["candidates"] for t in _detail_tables(c)],
         candidates=candidates,
@@ -203,10 +208,20 @@ def _drift_charts(candidates: Sequence[Mapping], colours: Mapping[str, str]) -> 
     charts = []
     for c in with_layers:
         labels = [l["tensor"] for l in c["layers"]]
-        svg = line_chart({c["name"]: [l["sqnr_db"] for l in c["layers"]]}, labels, "SQNR (dB)", height=170,
-                         colours={c["name"]: colours.get(method_key(c))}, y_range=y_range)
+        values = [l["sqnr_db"] for l in c["layers"]]
+        finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+        worst = sorted(finite, key=lambda i: values[i])[:MARKED_LAYERS]
+        svg = line_chart({c["name"]: values}, labels, "SQNR (dB)", "layer index (network depth); the "
+                         f"{len(worst)} lowest named", height=170, colours={c["name"]: colours.get(method_key(c))},
+                         y_range=y_range, x_ticks=index_ticks(len(labels)),
+                         marks={i: _short(labels[i]) for i in worst})
         charts.append({"name": c["name"], "svg": svg})
     return charts
+
+
+def _short(name: str, most: int = 32) -> str:
+    """A tensor name short enough to sit beside a point: its tail, where the layer is told apart."""
+    return name if len(name) <= most else "…" + name[-(most - 1):]
 
 
 def _sufficiency_chart(sufficiency: Mapping | None, colours: Mapping[str, str]) -> str | None:

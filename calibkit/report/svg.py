@@ -1,7 +1,7 @@
 """Tiny inline-SVG charts, so the report needs no JavaScript library and opens offline.
 
 Colours are passed in by name (one colour per method across every chart of a report: see
-:func:`method_colours`); a series without one falls back to grey.
+:func:`calibkit.colours.method_colours`); a series without one falls back to grey.
 """
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ import math
 from html import escape
 from typing import Mapping, Sequence
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-FALLBACK = "#888"
+from calibkit.colours import FALLBACK, method_colours
 
-
-def method_colours(keys: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per key, in first-seen order (the same key gets the same colour in every chart)."""
-    unique = list(dict.fromkeys(keys))
-    return {key: PALETTE[index % len(PALETTE)] for index, key in enumerate(unique)}
+__all__ = ["axis_range", "histogram_chart", "index_ticks", "line_chart", "method_colours"]
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -38,14 +33,18 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
                x_label: str = "layer (network depth)", width: int = 900, height: int = 300,
                tick_labels: bool = False, colours: Mapping[str, str] | None = None,
                x_values: Sequence[float] | None = None, log_x: bool = False,
-               y_range: tuple[float, float] | None = None, rules: Mapping[float, str] | None = None) -> str:
+               y_range: tuple[float, float] | None = None, rules: Mapping[float, str] | None = None,
+               x_ticks: Mapping[int, str] | None = None, marks: Mapping[int, str] | None = None) -> str:
     """One polyline per series; hovering a point shows its x label and value.
 
     Points sit at evenly spaced positions, or at ``x_values`` (on a log scale with ``log_x``).
     ``y_range`` fixes the axis (to compare small multiples); ``rules`` draws a dashed horizontal line
-    per ``{y: caption}``."""
+    per ``{y: caption}``; ``x_ticks`` labels some positions ``{index: text}`` under the axis (``tick_labels``
+    labels them all); ``marks`` writes ``{index: text}`` beside the first series' point there."""
     colours = colours or {}
-    left, right, top, bottom = 60, 160, 15, 44 if tick_labels else 30
+    if tick_labels:
+        x_ticks = dict(enumerate(x_labels))
+    left, right, top, bottom = 60, 160, 15, 44 if x_ticks else 30
     lo, hi = y_range or axis_range([v for vs in series.values() for v in vs] + list(rules or {}))
     if x_values is not None:
         xs = [math.log10(v) if log_x else float(v) for v in x_values]
@@ -70,9 +69,17 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
                  f'{escape(y_label)}</text>')
     parts.append(f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">'
                  f'{escape(x_label)}</text>')
-    if tick_labels:
-        for i, label in enumerate(x_labels):
-            parts.append(f'<text x="{sx(i):.1f}" y="{height - bottom + 14}" text-anchor="middle">{escape(label)}</text>')
+    for i, label in (x_ticks or {}).items():
+        parts.append(f'<line x1="{sx(i):.1f}" x2="{sx(i):.1f}" y1="{height - bottom}" y2="{height - bottom + 4}" '
+                     f'stroke="#999"/><text x="{sx(i):.1f}" y="{height - bottom + 15}" text-anchor="middle">'
+                     f'{escape(label)}</text>')
+    first = next(iter(series.values()), [])
+    for i, label in (marks or {}).items():
+        if i < len(first) and first[i] is not None and math.isfinite(first[i]):
+            anchor = "end" if sx(i) > (width - right + left) / 2 else "start"
+            shift = -5 if anchor == "end" else 5
+            parts.append(f'<text x="{sx(i) + shift:.1f}" y="{sy(first[i]) + 4:.1f}" text-anchor="{anchor}" '
+                         f'class="mark">{escape(label)}</text>')
     for index, (name, values) in enumerate(series.items()):
         colour = colours.get(name, FALLBACK)
         points = [(sx(i), sy(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
@@ -86,6 +93,13 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
         parts.append(f'<text x="{width - right + 25}" y="{top + 9 + 16 * index}">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def index_ticks(count: int, most: int = 10) -> dict[int, str]:
+    """Positions 0, step, 2 step, ... of ``count`` points at a round step (1, 2 or 5 times a power of ten)
+    giving at most ``most`` ticks, labelled with their index."""
+    step = next(factor * 10 ** power for power in range(12) for factor in (1, 2, 5) if count <= factor * 10 ** power * most)
+    return {i: str(i) for i in range(0, count, step)}
 
 
 def histogram_chart(counts: Sequence[float], upper: float, thresholds: Mapping[str, float],

@@ -58,13 +58,16 @@ class Option:
 
 @dataclass
 class TaskContext:
-    """What a task may look at when it is set up: the model's outputs, input size and preprocessing."""
+    """What a task may look at when it is set up: the model's outputs, input size and preprocessing, the
+    user's ``--task-opt`` options, the number of label classes and the model's ``metadata_props`` (an
+    exporter's class names, say)."""
 
     outputs: list[OutputInfo]
     input_size: tuple[int, int]
     preprocess: Preprocess
     options: Mapping[str, str] = field(default_factory=dict)
     num_labels: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class Scorer:
@@ -86,8 +89,10 @@ class Scorer:
         """Extra JSON-ready detail (per-class tables, ...); empty by default."""
         return {}
 
-    def examples(self, preprocess: Preprocess, limit: int) -> list[dict]:
-        """Up to ``limit`` inline figures ``{caption, png_base64}`` where the candidate disagrees most."""
+    def examples(self, preprocess: Preprocess, limit: int, colour: str = "#d62728") -> list[dict]:
+        """Up to ``limit`` inline figures ``{caption, png_base64}`` where the candidate disagrees most,
+        the candidate drawn in ``colour`` (its colour in the report) and FP32 in
+        :data:`calibkit.colours.REFERENCE`."""
         return []
 
 

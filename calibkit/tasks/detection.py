@@ -3,6 +3,7 @@ recall, F1, AP50, AP50:95 per class and overall) and, with a COCO annotations fi
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -12,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from calibkit.colours import REFERENCE
 from calibkit.data.loader import Batch
 from calibkit.data.preprocess import Preprocess, decode_image
 from calibkit.errors import CalibkitError
@@ -95,6 +97,10 @@ class DetectionScorer(Scorer):
         precision, recall, f1 = prf(self.counts.tp, self.counts.candidates, self.counts.references)
         ap = self.ap_vs_fp32()
         n = max(len(self.reference), 1)
+        # AP ranks every box scored above AP_MIN_SCORE: a candidate with no box above the threshold can still
+        # rank its low-scored boxes perfectly (AP50 1.000 beside recall 0); it finds nothing, so its AP is 0
+        if not self.counts.candidates:
+            ap = {**ap, "ap50": 0.0, "ap": 0.0}
         out = {"precision": precision, "recall": recall, "f1": f1, "ap50": ap["ap50"], "ap": ap["ap"],
                "boxes_per_image": self.counts.candidates / n, "map": None, "map50": None, "map_drop": None}
         labels = self.task.coco
@@ -112,24 +118,32 @@ class DetectionScorer(Scorer):
         rows = []
         for cls, (tp, cand, ref) in sorted(self.counts.per_class.items()):
             precision, recall, f1 = prf(tp, cand, ref)
+            scored = ap.get(cls, {}) if cand or not ref else {"ap50": 0.0, "ap": 0.0}  # see result()
             rows.append({"class": names[cls] if cls < len(names) else str(cls), "fp32_boxes": ref,
                          "candidate_boxes": cand, "precision": precision, "recall": recall, "f1": f1,
-                         "ap50": ap.get(cls, {}).get("ap50"), "ap": ap.get(cls, {}).get("ap")})
-        return {"per_class": rows, "score_threshold": self.task.settings["score"], "head": self.task.head,
+                         "ap50": scored.get("ap50"), "ap": scored.get("ap")})
+        note = None
+        if any(row["candidate_boxes"] == 0 and row["fp32_boxes"] for row in rows):
+            note = (f"AP is 0 where the candidate has no box scored {self.task.settings['score']:g} or more: AP over "
+                    "its boxes below that threshold could look perfect while the candidate finds nothing.")
+        return {"per_class": rows, "per_class_note": note, "score_threshold": self.task.settings["score"],
+                "head": self.task.head,
                 "fp32_boxes_per_image": self.counts.references / max(len(self.reference), 1)}
 
-    def examples(self, preprocess: Preprocess, limit: int) -> list[dict]:
-        """The images with the lowest F1 against FP32, FP32's boxes (left) beside the candidate's (right)."""
+    def examples(self, preprocess: Preprocess, limit: int, colour: str = "#d62728") -> list[dict]:
+        """The images with the lowest F1 against FP32, FP32's boxes (left, black) beside the candidate's
+        (right, in ``colour``), each labelled with its class name."""
         score = self.task.settings["score"]
         worst = [i for i in np.argsort(self.image_f1, kind="stable")[:limit] if self.image_f1[i] < 1.0]
         figures = []
         for index in worst:
             path, _ = self.items[index]
             view = preprocess.geometry(decode_image(path))
-            left = draw(view, self.reference[index].above(score), (0, 160, 0))
-            right = draw(view, self.candidate[index].above(score), (200, 0, 0))
-            figures.append({"caption": f"{path.name}: FP32 {len(self.reference[index].above(score))} boxes (left), "
-                                       f"candidate {len(self.candidate[index].above(score))} (right), "
+            left = draw(view, self.reference[index].above(score), REFERENCE, self.task.class_names)
+            right = draw(view, self.candidate[index].above(score), colour, self.task.class_names)
+            figures.append({"caption": f"{path.name}: FP32 {len(self.reference[index].above(score))} boxes (left, "
+                                       f"black), candidate {len(self.candidate[index].above(score))} (right, in its "
+                                       "colour), "
                                        f"F1 {self.image_f1[index]:.2f}",
                             "png_base64": side_by_side(left, right)})
         return figures
@@ -140,12 +154,17 @@ class DetectionScorer(Scorer):
                 for (path, size), det in zip(self.items, detections)]
 
 
-def draw(image: Image.Image, detections: Detections, colour: tuple[int, int, int]) -> Image.Image:
+def draw(image: Image.Image, detections: Detections, colour: str, names: Sequence[str] = ()) -> Image.Image:
+    """``detections`` as boxes in ``colour`` on a copy of ``image``, each with its class name (or number)."""
     canvas = image.copy()
     pen = ImageDraw.Draw(canvas)
     width = max(1, round(max(canvas.size) / 300))
-    for box in detections.boxes.tolist():
+    for box, cls in zip(detections.boxes.tolist(), detections.classes.tolist()):
         pen.rectangle(box, outline=colour, width=width)
+        label = names[cls] if cls < len(names) else str(cls)
+        left, top, right, bottom = pen.textbbox((box[0], box[1]), label)
+        pen.rectangle((left, top - (bottom - top), right + 2, top), fill=colour)
+        pen.text((box[0] + 1, box[1] - (bottom - top) - 1), label, fill="white")
     return canvas
 
 
@@ -160,6 +179,31 @@ def side_by_side(left: Image.Image, right: Image.Image, max_width: int = 900) ->
     buffer = io.BytesIO()
     joined.save(buffer, format="PNG", optimize=True)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def given_names(text: str) -> list[str]:
+    """Class names from ``--task-opt names=``: a text file with one name per line, or a comma list."""
+    if text and Path(text).is_file():
+        try:
+            return [line.strip() for line in Path(text).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibkitError(f"{text}: cannot read class names ({exc}); pass a UTF-8 text file, one per line") from exc
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def metadata_names(metadata: Mapping[str, str]) -> list[str]:
+    """Class names an exporter wrote into the model's metadata: Ultralytics' ``names`` (``{0: 'person',
+    ...}``, a Python literal) or a JSON list; none where the entry is missing or unreadable."""
+    text = metadata.get("names", "")
+    try:
+        names = ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError):
+        return []
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+        return [str(names.get(i, i)) for i in range(max(names, default=-1) + 1)]
+    if isinstance(names, (list, tuple)):
+        return [str(name) for name in names]
+    return []
 
 
 @register_task
@@ -184,7 +228,9 @@ class Detection(Task):
         "nms_iou": Option(float, 0.5, "IoU of class-wise NMS for heads without NMS"),
         "match_iou": Option(float, 0.5, "IoU at which a candidate box matches an FP32 box"),
         "coco": Option(str, "", "COCO annotations JSON: true mAP of every model (images matched by file name)"),
-        "classes": Option(str, "", "class names, comma-separated, for the per-class table"),
+        "names": Option(str, "", "class names, comma-separated or a text file with one per line (default: the "
+                                 "model's metadata, else a COCO file's categories)"),
+        "classes": Option(str, "", "the same as names"),
         "postprocess": Option(str, "", "module:function or file.py:function decoding outputs yourself"),
     }
 
@@ -195,9 +241,11 @@ class Detection(Task):
         else:
             self.head, self.decoder = find_head(context.outputs, context.input_size, self.settings["head"])
         self.coco = CocoLabels(Path(self.settings["coco"])) if self.settings["coco"] else None
-        self.class_names = [c.strip() for c in self.settings["classes"].split(",") if c.strip()]
+        self.class_names = given_names(self.settings["names"] or self.settings["classes"])
         if not self.class_names and self.coco is not None:
             self.class_names = [c.get("name", str(c["id"])) for c in self.coco.categories]
+        if not self.class_names:
+            self.class_names = metadata_names(context.metadata)
 
     @classmethod
     def detect(cls, outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> bool:

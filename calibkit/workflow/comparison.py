@@ -62,10 +62,12 @@ def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
 def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
                options: Mapping[str, str] | None = None, items: Sequence[ImageItem] = ()) -> Task:
     """The task plug-in for ``model`` (detected from its outputs for ``auto``), set up for ``preprocess``."""
-    outputs = [OutputInfo(name, shape) for name, shape in model_outputs(load_model(model))]
+    proto = load_model(model)
+    outputs = [OutputInfo(name, shape) for name, shape in model_outputs(proto)]
     labels = [item.label for item in items]
     num_labels = max(labels) + 1 if labels and None not in labels else None
-    context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels)
+    context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels,
+                          {prop.key: prop.value for prop in proto.metadata_props})
     task = make_task(name, context)
     check_labels(items, task.label_classes(), model)
     return task
@@ -110,7 +112,7 @@ def compare_and_report(
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
     model (:func:`engine_check`). Returns the JSON document."""
     from calibkit.compare.run import compare_models
-    from calibkit.compare.verdict import judge, rules_for
+    from calibkit.compare.verdict import judge, recommendation, rules_for
     from calibkit.distributed import sharded_comparison
     from calibkit.report.html import write_report
 
@@ -162,6 +164,7 @@ def compare_and_report(
     provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
     earlier = calibration_warnings(run, candidates)
     comparison["warnings"] = merge(list(earlier), warned_so_far())
+    comparison["recommendation"] = recommendation(task, comparison["candidates"])
     write_report(report, comparison, [], provenance=provenance, **extras)
     speed: list[dict] = []
     if batch_sizes:
@@ -184,6 +187,7 @@ def compare_and_report(
             comparison["speed_error"] = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
         comparison["warnings"] = merge(list(earlier), warned_so_far())
+        comparison["recommendation"] = recommendation(task, comparison["candidates"], speed)
         write_report(report, comparison, speed, provenance=provenance, **extras)
     return {"comparison": comparison, "speed": speed}
 

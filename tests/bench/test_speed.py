@@ -40,3 +40,13 @@ def test_rounds_that_disagree_are_flagged_noisy():
         SpeedResult("int8 x", "int8", "ort-cpu", 1, 10.0, 11, 12, 100, 6, (10.0, 10.0)),
     ])
     assert rows[0]["noisy"] and rows[1]["noisy"] and rows[1]["speedup_high"] == 4.0
+
+
+def test_a_ratio_that_contradicts_the_p50_columns_beside_it_is_noisy():
+    """Rounds say 1.11x while the pooled p50s say 0.91x (the load moved between rounds): never a headline."""
+    rows = with_ratios([
+        SpeedResult("fp32", "fp32", "ort-cpu", 8, 10.0, 11, 12, 800, 9, (10.0, 10.0, 10.0)),
+        SpeedResult("int8 x", "int8", "ort-cpu", 8, 11.0, 12, 13, 700, 9, (9.0, 9.0, 9.6)),
+    ])
+    assert rows[1]["speedup"] > 1.1 and rows[0]["p50_ms"] / rows[1]["p50_ms"] < 0.92
+    assert rows[1]["noisy"] and rows[1]["speedup_high"] / rows[1]["speedup_low"] < 1.25

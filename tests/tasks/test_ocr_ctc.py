@@ -36,3 +36,18 @@ def test_each_model_row_shows_its_own_empty_readings():
     batch = Batch(np.zeros((2, 1)), [ImageItem("a"), ImageItem("b")], [(1, 1)] * 2)
     scorer.add([(1, 2), (3,)], [(), (3,)], batch)
     assert scorer.result()["empty"] == pytest.approx(50.0), "the candidate read one of two lines as nothing"
+
+
+def test_two_empty_readings_are_no_exact_agreement():
+    """A recogniser that reads every line as empty reads none exactly, whatever share FP32 reads as empty."""
+    scorer = CtcScorer()
+    lines = [(4, 5), (), (6,), ()]
+    batch = Batch(np.zeros((4, 1)), [ImageItem(str(i)) for i in range(4)], [(1, 1)] * 4)
+    scorer.add(lines, [()] * 4, batch)
+    assert scorer.result()["exact"] == 0.0 and scorer.result()["empty"] == 100.0
+    same = CtcScorer()
+    same.add(lines, lines, batch)
+    assert same.result()["exact"] == 100.0
+    blank = CtcScorer()
+    blank.add([()], [()], Batch(np.zeros((1, 1)), [ImageItem("a")], [(1, 1)]))
+    assert blank.result()["exact"] is None, "no line to read: no exact share at all"
