@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -79,7 +79,15 @@ data = np.load(calib, mmap_mode="r")
 graph = onnx.load(model)
 name = graph.graph.input[0].name
 dataset = nncf.Dataset(range(len(data)), lambda i: {name: np.ascontiguousarray(data[i : i + 1])})
-onnx.save(nncf.quantize(graph, dataset, subset_size=len(data)), out)
+options = {}
+if method == "yolov8-ignored-scope":
+    # NNCF's own YOLOv8 recipe (examples/post_training_quantization/onnx/yolov8_quantize_with_accuracy_control):
+    # elementwise and sigmoid ops, and the head's box decoding from its Concats to the output, stay float
+    nodes = {n.name for n in graph.graph.node}
+    head = [n for n in ("/model.22/Concat", "/model.22/Concat_1", "/model.22/Concat_2") if n in nodes]
+    options = {"preset": nncf.QuantizationPreset.MIXED, "ignored_scope": nncf.IgnoredScope(
+        types=["Mul", "Sub", "Sigmoid"], subgraphs=[nncf.Subgraph(inputs=head, outputs=[graph.graph.node[-1].name])])}
+onnx.save(nncf.quantize(graph, dataset, subset_size=len(data), **options), out)
 ''',
     },
     "modelopt": {
@@ -132,9 +140,11 @@ def run_peer(python: Path, code: str, args: list[str]) -> tuple[float, float]:
 
 
 def quantize_with_peers(tools: list[str], venvs: Path, calib: Path, model: Path, tmp: Path,
-                        count: Callable[[str], int]) -> tuple[list[tuple], dict[str, str]]:
+                        count: Callable[[str], int],
+                        methods: Mapping[str, list[str]] | None = None) -> tuple[list[tuple], dict[str, str]]:
     """Each peer of ``tools`` quantizes ``model`` from the first ``count(tool)`` rows of ``calib`` into
-    ``tmp``: ``(tool, method, model path, wall s, peak GB)`` per model, and what failed to install or run."""
+    ``tmp`` with each of its methods (``methods[tool]`` where given, else its own in :data:`PEERS`):
+    ``(tool, method, model path, wall s, peak GB)`` per model, and what failed to install or run."""
     models, failures = [], {}
     for tool in (t for t in tools if t in PEERS):
         try:
@@ -142,7 +152,7 @@ def quantize_with_peers(tools: list[str], venvs: Path, calib: Path, model: Path,
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             failures[tool] = str(exc)
             continue
-        for method in PEERS[tool]["methods"]:
+        for method in (methods or {}).get(tool, PEERS[tool]["methods"]):
             out = tmp / f"{tool}-{method}.onnx"
             # Each peer reads its own copy: Model Optimizer 0.47 writes its shape-inferred graph over the
             # model it is given, which would change the user's (here the cached) model for every later run.
@@ -155,6 +165,14 @@ def quantize_with_peers(tools: list[str], venvs: Path, calib: Path, model: Path,
                 continue
             models.append((tool, method, out, wall, peak))
     return models, failures
+
+
+def report_failures(failures: Mapping[str, str], rows: list[dict], json_path: Path | None) -> None:
+    """Print what was not measured, and write the rows and failures as JSON where asked."""
+    for tool, why in failures.items():
+        print(f"not measured: {tool}: {why}")
+    if json_path:
+        json_path.write_text(json.dumps({"rows": rows, "failures": dict(failures)}, indent=1) + "\n")
 
 
 def evaluate(model: Path, batches: list) -> np.ndarray:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "datasets"))
 
-from bench_accuracy_peers import quantize_with_peers  # noqa: E402
+from bench_accuracy_peers import quantize_with_peers, report_failures  # noqa: E402
 from cut_text_lines import cut  # noqa: E402
 from fetch_paddle_models import fetch  # noqa: E402
 
@@ -99,10 +99,7 @@ def main() -> None:
         print(f"{r['tool']:<22} {r['method']:<40} {r['cer']:7.2f} {r['exact']:8.1f} {r['quantize_s']:8.1f}")
     print(f"calibration: {calib_lines} lines (one per even page), the same array for every tool; evaluation: "
           f"{eval_lines} lines from the odd pages; CER and exact lines against FP32's reading.")
-    for tool, why in failures.items():
-        print(f"not measured: {tool}: {why}")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "failures": failures}, indent=1) + "\n")
+    report_failures(failures, rows, args.json)
 
 
 if __name__ == "__main__":

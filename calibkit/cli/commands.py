@@ -16,9 +16,10 @@ from calibkit.errors import CalibkitError
 
 def _preprocess(args: argparse.Namespace):
     from calibkit.data.preprocess import get_preset
-    from calibkit.workflow import model_preprocess
+    from calibkit.workflow import model_preprocess, model_preset
 
-    spec = get_preset(args.preset).with_overrides(
+    preset = get_preset(args.preset) if args.preset else model_preset(args.model)
+    spec = preset.with_overrides(
         mean=args.mean, std=args.std, crop_fraction=args.crop, interpolation=args.interpolation,
         resize=getattr(args, "resize", None), channel_order=getattr(args, "channel_order", None),
         pad_value=getattr(args, "pad_value", None),
@@ -206,7 +207,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
         args.model, items, spec, candidates, report, _task(args, spec, items), _fail_on(args), args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
         run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
-        engines,
+        engines, args.layer_images,
     )
     _summarise(result, report)
     return _gate(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from calibkit import __version__
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
@@ -82,8 +82,9 @@ def _add_images(parser: argparse.ArgumentParser) -> None:
 def _add_preprocess(parser: argparse.ArgumentParser, shape_only: bool = False) -> None:
     """Preprocessing options; ``shape_only`` keeps those that decide the input shape (for ``bench``)."""
     group = parser.add_argument_group("preprocessing")
-    group.add_argument("--preset", default="imagenet-tf",
-                       help="imagenet-tf, imagenet-torch, paddle-det, paddle-ocr-det, paddle-ocr-rec, yolo")
+    group.add_argument("--preset",
+                       help="imagenet-tf, imagenet-torch, paddle-det, paddle-ocr-det, paddle-ocr-rec, yolo (default: "
+                            "the model's exporter metadata says: yolo for Ultralytics exports, else imagenet-tf)")
     group.add_argument("--size", type=_size, help="HxW; required when the model's input size is dynamic")
     if shape_only:
         parser.set_defaults(mean=None, std=None, crop=None, interpolation=None, resize=None, channel_order=None,
@@ -106,14 +107,23 @@ def _out_folder(text: str) -> Path:
     return Path(text)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _whole_number(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    return check
+
+
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -286,6 +296,9 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--accuracy-budget", type=_non_negative_float,
                        help="rank layer sensitivity, keep the fewest layers in float to lose at most this many "
                             "top-1 points (agreement points without labels); writes <method>.mixed.*.onnx")
+    group.add_argument("--layer-images", type=_non_negative_int,
+                       help="images for the per-layer drift pass, 0 to skip it (default: 50, fewer for large "
+                            "activations)")
     group.add_argument("--sensitivity-images", type=_positive_int, default=100,
                        help="images for the sensitivity ranking")
     group.add_argument("--budget-metric", choices=["auto", "top1", "agreement"], default="auto",

@@ -65,15 +65,25 @@ def parse_rule(text: str, allowed: Sequence[str]) -> Rule:
     return Rule(metric, found.group(2), float(found.group(3)))
 
 
-def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail_on: Sequence[Rule]) -> dict:
-    """``{status, reasons}``: ``unusable``, ``fails gate`` or ``usable``; a gate whose metric was not
-    measured fails (a gate nobody can check is not passed)."""
+def degraded_rules(task) -> list[Rule]:
+    """The task's ``degraded_if`` rules: a candidate meeting one works, but visibly worse than FP32."""
+    allowed = [*task.metric_keys(), *COMMON_METRICS]
+    return [parse_rule(r, allowed) for r in getattr(task, "degraded_if", ())]
+
+
+def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail_on: Sequence[Rule],
+          degraded_if: Sequence[Rule] = ()) -> dict:
+    """``{status, reasons}``: ``unusable``, ``fails gate``, ``degraded`` (it works, but one of the task's
+    ``degraded_if`` rules holds: never shown as good) or ``usable``; a gate whose metric was not measured
+    fails (a gate nobody can check is not passed)."""
     unusable = [rule.describe(metrics) for rule in unusable_if if rule.met(metrics)]
     failed = [rule.describe(metrics) for rule in fail_on if rule.met(metrics) in (True, None)]
+    degraded = [rule.describe(metrics) for rule in degraded_if if rule.met(metrics)]
     if metrics.get("nonfinite_outputs"):
         unusable.insert(0, f"{int(metrics['nonfinite_outputs'])} output values are NaN or infinite")
-    status = "unusable" if unusable else "fails gate" if failed else "usable"
-    return {"status": status, "reasons": unusable + failed, "unusable": unusable, "failed_gates": failed}
+    status = "unusable" if unusable else "fails gate" if failed else "degraded" if degraded else "usable"
+    return {"status": status, "reasons": unusable + failed + degraded, "unusable": unusable, "failed_gates": failed,
+            "degraded": degraded}
 
 
 def verdict_line(name: str, verdict: Mapping) -> str:
@@ -101,7 +111,9 @@ def recommendation(task, candidates: Sequence[Mapping], speed_rows: Sequence[Map
     the most accurate usable one, else FP32), with its speed where a measurement of it is not noisy."""
     usable = [c for c in candidates if c["verdict"]["status"] == "usable"]
     if not usable:
-        return "Recommendation: keep FP32; no candidate is usable (reasons above)."
+        degraded = [c["name"] for c in candidates if c["verdict"]["status"] == "degraded"]
+        some = f"; {', '.join(degraded)} work but lose visibly (reasons above)" if degraded else " (reasons above)"
+        return f"Recommendation: keep FP32; no candidate is usable as it is{some}."
     int8 = [c for c in usable if c["precision"] == "int8"]
     best = min(int8 or usable, key=lambda c: _loss(task, c["metrics"])[0])
     loss, metric = _loss(task, best["metrics"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -181,6 +183,32 @@ PRESETS: dict[str, Preprocess] = {
     "yolo": Preprocess(resize="letterbox", mean=(0.0,) * 3, std=(255.0,) * 3, pad_value=114.0,
                        interpolation="bilinear", name="yolo"),
 }
+
+
+# The preset a model's exporter implies, from its metadata_props: (key, value) -> preset, first match wins.
+METADATA_PRESETS = (
+    # Ultralytics writes author "Ultralytics" into every export; its models take letterboxed RGB / 255.
+    (("author", "Ultralytics"), "yolo"),
+)
+DEFAULT_PRESET = "imagenet-tf"
+
+
+def preset_for(metadata: Mapping[str, str]) -> str:
+    """The preset a model's metadata implies (:data:`METADATA_PRESETS`), else :data:`DEFAULT_PRESET`."""
+    return next((preset for (key, value), preset in METADATA_PRESETS if metadata.get(key) == value), DEFAULT_PRESET)
+
+
+def metadata_size(metadata: Mapping[str, str]) -> tuple[int, int] | None:
+    """The input size an exporter recorded (Ultralytics' ``imgsz``, ``[h, w]`` or one number), if any."""
+    try:
+        value = ast.literal_eval(metadata.get("imgsz", ""))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return value[0], value[1]
+    return None
 
 
 def get_preset(name: str) -> Preprocess:

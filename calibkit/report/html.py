@@ -58,9 +58,11 @@ def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
 
 
 def _rule_classes(comparison: Mapping, metrics: Sequence[str]) -> dict[str, list]:
-    """The gate and unusable rules of the run by metric key, so a cell can be coloured by its threshold."""
+    """The gate, unusable and degraded rules of the run by metric key, so a cell can be coloured by its
+    threshold."""
     rules: dict[str, list] = {}
-    for text in [*comparison.get("rules", {}).get("fail_on", []), *comparison.get("rules", {}).get("unusable_if", [])]:
+    given = comparison.get("rules", {})
+    for text in [*given.get("fail_on", []), *given.get("unusable_if", []), *given.get("degraded_if", [])]:
         rule = parse_rule(text, metrics)
         rules.setdefault(rule.metric, []).append(rule)
     return rules
@@ -87,7 +89,7 @@ def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
     for c in comparison["candidates"]:
         sqnr = c["metrics"].get("output_sqnr")
         shown = "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"
-        usable = c["verdict"]["status"] != "unusable"  # no number of a broken model is shown green
+        usable = c["verdict"]["status"] not in ("unusable", "degraded")  # no number of a broken model is green
         rows.append({"name": c["name"], "cells": [(m.format(c["metrics"].get(m.key)), judged(c["metrics"], m.key, usable))
                                                   for m in columns],
                      "status": c["verdict"]["status"], "sqnr": (shown, judged(c["metrics"], "output_sqnr", usable)),

@@ -104,7 +104,11 @@ class Task:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     # Default "unusable" rules, in the --fail-on syntax: a candidate that meets one is called unusable.
     unusable_if: ClassVar[tuple[str, ...]] = ()
+    # Rules under which a candidate still works but is visibly worse than FP32: called "degraded", not usable.
+    degraded_if: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[Mapping[str, Option]] = {}
+    # Values of a model's ``task`` metadata entry (as Ultralytics writes it) that mean this task.
+    exporter_tasks: ClassVar[tuple[str, ...]] = ()
     # What --budget-metric may name for this task; empty: the task has no accuracy budget.
     budget_metrics: ClassVar[tuple[str, ...]] = ("auto",)
 

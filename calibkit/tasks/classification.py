@@ -75,6 +75,7 @@ class Classification(Task):
         Metric("kl", "mean KL", False, "{:.4f}"),
     )
     unusable_if = ("agreement<80",)
+    exporter_tasks = ("classify",)
     budget_metrics = ("auto", "top1", "agreement")
     options = {"output": Option(str, "", "name of the logits output (default: the first 2-D output)")}
 

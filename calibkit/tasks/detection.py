@@ -19,7 +19,7 @@ from calibkit.data.preprocess import Preprocess, decode_image
 from calibkit.errors import CalibkitError
 from calibkit.tasks.base import Metric, Option, OutputInfo, Scorer, Task, TaskContext
 from calibkit.tasks.boxes import Detections
-from calibkit.tasks.detection_heads import HEADS, find_head, load_postprocess, user_decoder
+from calibkit.tasks.detection_heads import HEADS, find_head, load_postprocess, single_output_head, user_decoder
 from calibkit.tasks.detection_metrics import MatchCounts, coco_ap, evaluate_coco, match, prf
 from calibkit.tasks.registry import register_task
 
@@ -102,6 +102,7 @@ class DetectionScorer(Scorer):
         if not self.counts.candidates:
             ap = {**ap, "ap50": 0.0, "ap": 0.0}
         out = {"precision": precision, "recall": recall, "f1": f1, "ap50": ap["ap50"], "ap": ap["ap"],
+               "score_reach": self._score_reach(),
                "boxes_per_image": self.counts.candidates / n, "map": None, "map50": None, "map_drop": None}
         labels = self.task.coco
         if labels is not None:
@@ -110,6 +111,14 @@ class DetectionScorer(Scorer):
             out.update({"map": 100 * truth["ap"], "map50": 100 * truth["ap50"],
                         "map_drop": 100 * (ref_truth["ap"] - truth["ap"])})
         return out
+
+    def _score_reach(self) -> float | None:
+        """The candidate's highest score over FP32's: well under 1 where a quantization range caps the score
+        output (no threshold above the cap can be passed, whatever the threshold is set to)."""
+        top = max((float(d.scores.max()) for d in self.reference if len(d)), default=0.0)
+        if top <= 0:
+            return None
+        return max((float(d.scores.max()) for d in self.candidate if len(d)), default=0.0) / top
 
     def details(self) -> dict:
         """Per class: reference boxes, candidate boxes, precision, recall, F1 and AP against FP32."""
@@ -216,12 +225,17 @@ class Detection(Task):
         Metric("f1", "F1 vs FP32", True, "{:.3f}"),
         Metric("ap50", "AP50 vs FP32", True, "{:.3f}"),
         Metric("ap", "AP50:95 vs FP32", True, "{:.3f}"),
+        Metric("score_reach", "top score / FP32's", True, "{:.2f}"),
         Metric("boxes_per_image", "boxes / image", True, "{:.1f}", versus_fp32=False),
         Metric("map", "mAP (labels) %", True, versus_fp32=False, labels=True),
         Metric("map50", "mAP50 (labels) %", True, versus_fp32=False, labels=True),
         Metric("map_drop", "mAP drop (points)", False, labels=True),
     )
-    unusable_if = ("recall<0.5", "precision<0.5")
+    # score-reach: a candidate whose scores cannot reach FP32's (a range caps them) is broken at any threshold
+    unusable_if = ("recall<0.5", "precision<0.5", "score_reach<0.9")
+    # boxes in one of ten wrong or missed: it works, but no one would ship it unseen
+    degraded_if = ("f1<0.9",)
+    exporter_tasks = ("detect",)
     options = {
         "head": Option(str, "", f"head layout: {', '.join(HEADS)} (default: recognised from the outputs)"),
         "score": Option(float, 0.4, "confidence above which a detection counts (FP32's are the pseudo ground truth)"),
@@ -249,9 +263,10 @@ class Detection(Task):
 
     @classmethod
     def detect(cls, outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> bool:
-        """Only the multi-output layouts are unambiguous; one 3-D output may be a CTC sequence too."""
+        """A multi-output head layout, or one YOLO output whose anchor count is the input's grid cells
+        (any other single 3-D output may be a CTC sequence too)."""
         if len(outputs) < 2:
-            return False
+            return single_output_head(outputs, input_size) is not None
         return any(matcher(outputs, input_size) is not None for matcher in HEADS.values())
 
     def decode(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[Detections]:

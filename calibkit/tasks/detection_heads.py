@@ -58,6 +58,32 @@ def _stride_for(cells: int, size: tuple[int, int]) -> int | None:
     return None
 
 
+# The stride sets YOLO exports concatenate anchors over: P3-P5 (the default), P3-P6 (the -p6 models),
+# P2-P5 (the -p2 models).
+_YOLO_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64), (4, 8, 16, 32))
+
+
+def yolo_grid_fits(anchors: int | None, size: tuple[int, int], per_cell: int = 1) -> bool:
+    """True when ``anchors`` is what a YOLO head of ``per_cell`` anchors per cell gives at input ``size``:
+    the count of every stride's grid cells. One 3-D output fits this only by design, never by chance."""
+    return anchors is not None and any(
+        anchors == per_cell * sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in strides)
+        for strides in _YOLO_STRIDE_SETS)
+
+
+def single_output_head(outputs: Sequence[OutputInfo], size: tuple[int, int]) -> str | None:
+    """The YOLO layout one output has, recognised by its anchor count matching the input's grids (a CTC
+    sequence [N, T, C] never does): ``yolov8`` [B, 4 + C, A] or ``yolov5`` [B, 3A', 5 + C]."""
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None
+    _, second, third = outputs[0].shape
+    if second is not None and second > 4 and yolo_grid_fits(third, size):
+        return "yolov8"
+    if third is not None and third > 5 and yolo_grid_fits(second, size, per_cell=3):
+        return "yolov5"
+    return None
+
+
 def gfl_centres(size: tuple[int, int], stride: int) -> np.ndarray:
     """Anchor-point centres (x, y) of one stride's feature map, row-major, at cell centres."""
     rows, cols = math.ceil(size[0] / stride), math.ceil(size[1] / stride)

@@ -7,7 +7,7 @@ Add one without touching calibkit: subclass :class:`calibkit.tasks.base.Task`, d
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from calibkit.errors import CalibkitError
 from calibkit.plugins import load_entry_points
@@ -36,9 +36,15 @@ def available_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def detect_task(outputs: Sequence[OutputInfo], input_size: tuple[int, int]) -> str:
-    """The one task whose ``detect`` accepts ``outputs``; ``generic`` when none or several do."""
+def detect_task(outputs: Sequence[OutputInfo], input_size: tuple[int, int],
+                metadata: Mapping[str, str] | None = None) -> str:
+    """The one task the model's ``task`` metadata names (:attr:`Task.exporter_tasks`), else the one whose
+    ``detect`` accepts ``outputs``; ``generic`` when none or several do."""
     _load_plugins()
+    declared = (metadata or {}).get("task")
+    named = [name for name, cls in sorted(_REGISTRY.items()) if declared and declared in cls.exporter_tasks]
+    if len(named) == 1:
+        return named[0]
     matches = [name for name, cls in sorted(_REGISTRY.items()) if name != "generic" and cls.detect(outputs, input_size)]
     if len(matches) == 1:
         return matches[0]
@@ -54,7 +60,7 @@ def make_task(name: str | None, context: TaskContext) -> Task:
     """The task ``name`` (detected from the outputs when ``None`` or ``auto``), set up for ``context``."""
     _load_plugins()
     if name in (None, "auto"):
-        name = detect_task(context.outputs, context.input_size)
+        name = detect_task(context.outputs, context.input_size, context.metadata)
     if name not in _REGISTRY:
         raise CalibkitError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return _REGISTRY[name](context)

@@ -4,7 +4,7 @@
 (comparison, sensitivity, speed, report)."""
 
 from calibkit.workflow.calibration import (ENGINE_CHECK, CalibrationRun, calibrate, engine_check, input_shape,
-                                           model_preprocess)
+                                           model_preprocess, model_preset)
 from calibkit.workflow.candidates import (CALIBRATED_GRAPH, RUN_WEIGHTS, check_made_from, check_run_matches,
                                           fp16_candidate, int8_candidates, method_label, ranges_candidate,
                                           ranges_weights, run_exclusions, run_graph, run_weights)
@@ -14,5 +14,5 @@ from calibkit.workflow.comparison import (bench_models, calibration_overlap, cal
 __all__ = ["CALIBRATED_GRAPH", "ENGINE_CHECK", "RUN_WEIGHTS", "CalibrationRun", "bench_models", "calibrate",
            "calibration_overlap", "calibration_sections", "check_made_from", "check_run_matches", "compare_and_report",
            "engine_check", "fp16_candidate", "image_cache", "input_shape", "int8_candidates", "method_label",
-           "model_preprocess", "model_task", "ranges_candidate", "ranges_weights", "run_exclusions", "run_graph", "run_weights",
-           "sensitivity_and_budget", "usable_batch_sizes"]
+           "model_preprocess", "model_preset", "model_task", "ranges_candidate", "ranges_weights", "run_exclusions",
+           "run_graph", "run_weights", "sensitivity_and_budget", "usable_batch_sizes"]

@@ -19,11 +19,12 @@ from calibkit.artifacts.qdq import resolve_exclusions
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.backends import require
 from calibkit.backends.base import backend_info
-from calibkit.calib.registry import Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping
+from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping,
+                                    with_full_range)
 from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
-from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset
+from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset, metadata_size, preset_for
 from calibkit.distributed import check_backend, sharded_statistics
 from calibkit.engine.summary import EngineSettings, reproducible
 from calibkit.equalize import equalize, tensors_to_measure
@@ -74,12 +75,23 @@ SUFFICIENCY_BUDGET = 0.25
 
 
 def model_preprocess(
-    model_path: Path, preprocess: Preprocess | str = "imagenet-tf", size: tuple[int, int] | None = None
+    model_path: Path, preprocess: Preprocess | str | None = None, size: tuple[int, int] | None = None
 ) -> Preprocess:
-    """The preprocessing to feed ``model_path``: a preset or explicit settings fitted to its input."""
-    spec = get_preset(preprocess) if isinstance(preprocess, str) else preprocess
-    info = image_input(load_model(model_path), model_path)
-    return fit_to_model(spec, info.height, info.width, info.layout, str(model_path), size)
+    """The preprocessing to feed ``model_path``: a preset (``None``: the one its exporter's metadata
+    implies, :func:`~calibkit.data.preprocess.preset_for`) or explicit settings, fitted to its input (a
+    dynamic one at ``size``, else at the size the exporter recorded)."""
+    proto = load_model(model_path)
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    spec = preprocess if isinstance(preprocess, Preprocess) else get_preset(preprocess or preset_for(metadata))
+    info = image_input(proto, model_path)
+    dynamic = info.height is None or info.width is None
+    return fit_to_model(spec, info.height, info.width, info.layout, str(model_path),
+                        size or (metadata_size(metadata) if dynamic else None))
+
+
+def model_preset(model_path: Path) -> Preprocess:
+    """The preset ``model_path``'s exporter metadata implies (before any flag overrides it)."""
+    return get_preset(preset_for({prop.key: prop.value for prop in load_model(model_path).metadata_props}))
 
 
 def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
@@ -132,7 +144,7 @@ def calibrate(
     samples: int | None = 500,
     sampler: str = "random",
     seed: int = 0,
-    preprocess: Preprocess | str = "imagenet-tf",
+    preprocess: Preprocess | str | None = None,
     batch_size: int | None = None,
     skip_bad: bool = False,
     labels: Path | None = None,
@@ -226,11 +238,13 @@ def calibrate(
         write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
         ranges, references = {}, {}
         quantized = quantized_inputs(calibrated)
+        model_inputs = [i.name for i in calibrated.graph.input]
         start = time.perf_counter()
         for label, calibrator in calibrators.items():
             began_method = time.perf_counter()
-            ranges[label] = compute_ranges(stats.tensors, calibrator)
-            references[label] = Reference.of(ranges[label], time.perf_counter() - began_method)
+            computed = compute_ranges(stats.tensors, calibrator)
+            references[label] = Reference.of(computed, time.perf_counter() - began_method)
+            ranges[label] = with_full_range(computed, model_inputs)
             warn_clipping(label, ranges[label], quantized)
         timings["ranges_s"] = time.perf_counter() - start
         jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)

@@ -104,15 +104,17 @@ def compare_and_report(
     backend: str = "ort-cpu",
     ray: str | None = None,
     engines: EngineSettings | None = None,
+    layer_images: int | None = None,
 ) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
     failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
     With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
-    model (:func:`engine_check`). Returns the JSON document."""
+    model (:func:`engine_check`). ``layer_images`` caps the per-layer drift pass (0 skips it; ``None``: the
+    default, :data:`calibkit.compare.run.LAYER_IMAGES`). Returns the JSON document."""
     from calibkit.compare.run import compare_models
-    from calibkit.compare.verdict import judge, recommendation, rules_for
+    from calibkit.compare.verdict import degraded_rules, judge, recommendation, rules_for
     from calibkit.distributed import sharded_comparison
     from calibkit.report.html import write_report
 
@@ -122,11 +124,13 @@ def compare_and_report(
     if accuracy_budget is not None:
         task.check_budget_metric(budget_metric)
     compare = partial(sharded_comparison, address=ray) if ray else compare_models
-    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend)
+    layers = {} if layer_images is None else {"layer_images": layer_images}
+    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend, **layers)
     trim_heap()
-    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules]}
+    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
+                           "degraded_if": [str(r) for r in degraded_rules(task)]}
     for c in comparison["candidates"]:
-        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules)
+        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules, degraded_rules(task))
     if note:
         comparison["note"] = note
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]

@@ -126,3 +126,34 @@ def test_quantized_inputs_name_what_gets_a_pair(paddle_run):
     paired = {node.input[0] for node in quantized.graph.node if node.op_type == "QuantizeLinear"}
     assert quantized_inputs(graph) == paired
     assert "image" in paired and not any(name.endswith("plus3") for name in paired)
+
+
+def test_a_yolo_head_keeps_its_output_layer_and_box_score_concat_float(tmp_path):
+    """The YOLOv8 export's layout: the stem convolution is INT8; the head's last convolution (only decoding
+    reads it) and the Concat of decoded boxes (pixels) with sigmoid scores (0-1) stay float."""
+    from tests.conftest import build_tiny_yolov8
+
+    model = onnx.load(build_tiny_yolov8(tmp_path / "yolo.onnx"))
+    inputs = quantized_inputs(model)
+    assert "images" in inputs, "the stem convolution reads INT8"
+    assert "r1" not in inputs, "the head's output convolution stays float"
+    assert not {"boxes", "scores"} & inputs, "the box/score Concat stays float"
+
+
+def test_a_convolution_reading_softmax_probabilities_stays_float(tmp_path):
+    """YOLOv8's DFL: a fixed 1x1 convolution takes the expectation over box bins of a Softmax."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="branch"),
+        helper.make_node("Softmax", ["c1"], ["p"], name="bins", axis=1),
+        helper.make_node("Transpose", ["p"], ["pt"], name="move", perm=[0, 1, 2, 3]),
+        helper.make_node("Conv", ["pt", "w2"], ["e"], name="dfl"),
+        helper.make_node("Conv", ["e", "w3"], ["y"], name="after"),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (16, 3, 1, 1)), ("w2", (1, 16, 1, 1)), ("w3", (2, 1, 1, 1)))]
+    graph = helper.make_graph(nodes, "dfl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    inputs = quantized_inputs(model)
+    assert "x" in inputs and "pt" not in inputs and "e" not in inputs, inputs

@@ -105,7 +105,9 @@ def test_a_detection_report_names_classes_colours_boxes_marks_layers_and_recomme
         assert re.search(r'y2="[0-9.]+" stroke="#999"/><text [^>]*>0</text>', chart), "the layer axis has ticks"
 
     recommendation = document["comparison"]["recommendation"]
-    assert recommendation.startswith("Recommendation: int8 minmax,"), recommendation
+    usable = [c for c in candidates.values() if c["verdict"]["status"] == "usable" and c["precision"] == "int8"]
+    best = max(usable, key=lambda c: c["metrics"]["f1"])["name"]
+    assert recommendation.startswith(f"Recommendation: {best}, the most accurate usable INT8"), recommendation
     assert recommendation in html_module.unescape(page) and recommendation in done.stderr
     assert 'class="bad" title="rounds disagree' not in page, "noise is not marked as unusable"
 

@@ -174,3 +174,30 @@ def test_coco_labels_give_every_model_its_true_map_in_image_pixels(tmp_path):
     perfect = task.scorer()
     perfect.add([exact], [exact], batch)
     assert perfect.result()["map"] == pytest.approx(100.0) and perfect.result()["map_drop"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("shape, size, expected", [
+    ((1, 15, 21504), (1024, 1024), "detection"),   # YOLOv8n at 1024: 128^2 + 64^2 + 32^2 anchors
+    ((1, 7, 84), (64, 64), "detection"),
+    ((1, 25200, 85), (640, 640), "detection"),     # YOLOv5s at 640: 3 anchors per cell
+    ((1, 40, 6625), (48, 320), "generic"),         # a CTC recogniser's [N, T, symbols] is not a YOLO head
+])
+def test_one_yolo_output_is_recognised_by_its_anchor_grid(shape, size, expected):
+    import warnings
+
+    from calibkit.tasks import detect_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert detect_task([OutputInfo("output0", shape)], size) == expected
+
+
+def test_the_exporters_task_metadata_and_class_names_are_read():
+    from calibkit.tasks import detect_task
+    from calibkit.tasks.detection import metadata_names
+
+    outputs = [OutputInfo("output0", (1, 7, 64))]  # no anchor grid fits: only the metadata says detection
+    assert detect_task(outputs, (64, 64), {"task": "detect"}) == "detection"
+    names = metadata_names({"names": "{0: 'Caption', 1: 'Footnote', 10: 'Title', 2: 'Formula'}"})
+    assert names[:3] == ["Caption", "Footnote", "Formula"] and names[10] == "Title" and len(names) == 11
+    assert metadata_names({"names": "not a literal ("}) == [] and metadata_names({}) == []
