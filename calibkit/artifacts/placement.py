@@ -98,24 +98,25 @@ def reads_probabilities(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     return False
 
 
-def computes_further(node: onnx.NodeProto, facts: GraphFacts) -> bool:
-    """True when a convolution or matrix product (other than one reading probabilities) reads ``node``'s
-    result, directly or through any ops; False for a network's output layer, whose result only decoding
-    (reshapes, sigmoid, box arithmetic) reads on its way out."""
-    seen, waiting = set(), list(node.output)
+def decoded_output_layer(node: onnx.NodeProto, facts: GraphFacts) -> bool:
+    """True for a head's output layer: no convolution or matrix product (other than one reading
+    probabilities) reads ``node``'s result, and decoding does (a sigmoid, softmax or box arithmetic, not
+    only reshapes) on its way out of the network."""
+    seen, waiting, decoded = set(), list(node.output), False
     while waiting:
         for user in facts.consumers.get(waiting.pop(), []):
             if user.name in seen:
                 continue
             seen.add(user.name)
             if user.op_type in WEIGHTED_OPS and not reads_probabilities(user, facts):
-                return True
+                return False
+            decoded = decoded or user.op_type not in LAYOUT_OPS
             waiting.extend(user.output)
-    return False
+    return decoded
 
 
 def quantized_convolution(node: onnx.NodeProto, facts: GraphFacts) -> bool:
-    return not reads_probabilities(node, facts) and computes_further(node, facts)
+    return not reads_probabilities(node, facts) and not decoded_output_layer(node, facts)
 
 
 def concat_of_int8_branches(node: onnx.NodeProto, facts: GraphFacts) -> bool:
@@ -127,9 +128,11 @@ RULES: tuple[PlacementRule, ...] = (
                   "convolutions run as INT8 kernels: activation input per tensor, weights per output channel. Two "
                   "stay float: one that reads a Softmax's probabilities (YOLOv8's DFL, a fixed 1x1 convolution "
                   "taking the expectation over 16 box bins, whose small probabilities a per-tensor INT8 step of "
-                  "1/127 rounds away), and an output layer, after which no convolution or matrix product computes "
-                  "(a detector head's last convolutions, whose rounding lands undamped in box coordinates and "
-                  "scores: on YOLOv8n-DocLayNet AP50:95 against FP32 0.91 -> 0.97, for 6 of 64 convolutions)"),
+                  "1/127 rounds away), and a head's output layer, after which no convolution or matrix product "
+                  "computes and whose result is decoded (sigmoid scores, box arithmetic: its rounding lands "
+                  "undamped in box coordinates and scores; on YOLOv8n-DocLayNet AP50:95 against FP32 0.91 -> "
+                  "0.97, for 6 of 64 convolutions); a convolution whose result leaves the network as it is "
+                  "(a feature or logit map) stays INT8"),
     PlacementRule(("Gemm", "MatMul"), always,
                   "matrix products run as INT8 kernels; a MatMul of two activations (attention's Q.K^T and P.V) "
                   "quantizes both"),

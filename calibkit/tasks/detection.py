@@ -253,7 +253,9 @@ class Detection(Task):
         if self.settings["postprocess"]:
             self.head, self.decoder = "postprocess", user_decoder(load_postprocess(self.settings["postprocess"]))
         else:
-            self.head, self.decoder = find_head(context.outputs, context.input_size, self.settings["head"])
+            # Ultralytics marks an export with NMS inside (rows of x1, y1, x2, y2, score, class) as end2end
+            exported = "end2end" if context.metadata.get("end2end") == "True" else ""
+            self.head, self.decoder = find_head(context.outputs, context.input_size, self.settings["head"] or exported)
         self.coco = CocoLabels(Path(self.settings["coco"])) if self.settings["coco"] else None
         self.class_names = given_names(self.settings["names"] or self.settings["classes"])
         if not self.class_names and self.coco is not None:

@@ -201,3 +201,16 @@ def test_the_exporters_task_metadata_and_class_names_are_read():
     names = metadata_names({"names": "{0: 'Caption', 1: 'Footnote', 10: 'Title', 2: 'Formula'}"})
     assert names[:3] == ["Caption", "Footnote", "Formula"] and names[10] == "Title" and len(names) == 11
     assert metadata_names({"names": "not a literal ("}) == [] and metadata_names({}) == []
+
+
+def test_an_end_to_end_yolo_export_with_nms_is_read_from_its_metadata():
+    """Ultralytics' export with NMS: one [1, K, 6] output (x1, y1, x2, y2, score, class), task in the metadata."""
+    context = TaskContext([OutputInfo("output0", (1, 300, 6))], (64, 64), SPEC,
+                          metadata={"task": "detect", "end2end": "True", "names": "{0: 'text', 1: 'table'}"})
+    task = make_task("auto", context)
+    assert task.name == "detection" and task.head == "end2end" and task.class_names == ["text", "table"]
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = [4, 4, 20, 20, 0.9, 1]
+    rows[0, 1] = [30, 30, 40, 40, 0.2, 0]
+    found = task.decode({"output0": rows}, batch_of(1))[0].above(task.settings["score"])
+    assert found.classes.tolist() == [1] and found.boxes.tolist() == [[4, 4, 20, 20]]
