@@ -45,9 +45,7 @@ def ensure_writable_dir(path: Path, fix: str = "choose another --out") -> Path:
 def check_writable_file(path: Path) -> Path:
     """Like :func:`ensure_writable_file`, but makes no folder: tried in the nearest folder that exists, so a
     command that fails later leaves no empty folder behind."""
-    path = Path(path)
-    if path.is_dir():
-        raise CalibkitError(f"{path}: is a folder, and a file is written here; pass the path of a file")
+    path = _not_a_folder(path)
     existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
     if not existing.is_dir():
         raise CalibkitError(f"{existing}: is a file, so {path} cannot be written; choose another path")
@@ -62,10 +60,17 @@ def check_writable_file(path: Path) -> Path:
 
 def ensure_writable_file(path: Path) -> Path:
     """Fail early, with one line naming ``path``, when it is a folder or its folder cannot take a new file."""
-    if Path(path).is_dir():
+    path = _not_a_folder(path)
+    ensure_writable_dir(path.parent, fix=f"choose another path than {path}")
+    return path
+
+
+def _not_a_folder(path: Path) -> Path:
+    """``path``, refused with one line where a folder stands at it (a file is to be written there)."""
+    path = Path(path)
+    if path.is_dir():
         raise CalibkitError(f"{path}: is a folder, and a file is written here; pass the path of a file")
-    ensure_writable_dir(Path(path).parent, fix=f"choose another path than {path}")
-    return Path(path)
+    return path
 
 
 @contextlib.contextmanager

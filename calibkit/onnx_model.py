@@ -41,6 +41,11 @@ def load_model(path: Path) -> onnx.ModelProto:
     return model
 
 
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's ``metadata_props`` as a dict (an exporter's task, class names, input size)."""
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 def check_model_file(path: Path) -> Path:
     """``path`` when it is a non-empty file, else one line saying what it is instead (before any work)."""
     path = Path(path)

@@ -68,7 +68,7 @@ def parse_rule(text: str, allowed: Sequence[str]) -> Rule:
 def degraded_rules(task) -> list[Rule]:
     """The task's ``degraded_if`` rules: a candidate meeting one works, but visibly worse than FP32."""
     allowed = [*task.metric_keys(), *COMMON_METRICS]
-    return [parse_rule(r, allowed) for r in getattr(task, "degraded_if", ())]
+    return [parse_rule(r, allowed) for r in task.degraded_if]
 
 
 def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail_on: Sequence[Rule],

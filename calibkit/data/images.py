@@ -47,10 +47,11 @@ def read_labels_csv(csv_path: Path, root: Path) -> list[ImageItem]:
         path = root / (row["file"] or "")
         if not path.is_file():
             raise CalibkitError(f"{where}: listed image {path} does not exist; fix or remove the row")
-        if path.resolve() in seen:
-            raise CalibkitError(f"{where}: {row['file']} is listed again (first at line {seen[path.resolve()]}), "
+        resolved = path.resolve()
+        if resolved in seen:
+            raise CalibkitError(f"{where}: {row['file']} is listed again (first at line {seen[resolved]}), "
                                 "so it would count twice; remove one of the rows")
-        seen[path.resolve()] = line_no
+        seen[resolved] = line_no
         text = (row["class_index"] or "").strip()
         if not (text.isascii() and text.isdigit()):
             raise CalibkitError(f"{where}: class_index {row['class_index']!r} is not a class number (0, 1, 2, ...); "

@@ -223,7 +223,6 @@ def get_preset(name: str) -> Preprocess:
 SKIP_ADVICE = "; remove it or pass --skip-bad"
 
 
-
 def _warn_if_huge(path: Path, size: tuple[int, int]) -> None:
     """Pillow's decompression-bomb warning, with the file's name it lacks (the CLI silences Pillow's own)."""
     limit = Image.MAX_IMAGE_PIXELS

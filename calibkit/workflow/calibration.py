@@ -31,7 +31,7 @@ from calibkit.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
 from calibkit.normalize import Normalized, check_equivalent, normalized_model
 from calibkit.notices import recording, warned_so_far
-from calibkit.onnx_model import file_sha256, image_input, load_model
+from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata
 from calibkit.progress import progress
 from calibkit.run_folder import SUMMARY, check_out_folder, run_transaction
 from calibkit.samplers.coverage import coverage_report
@@ -81,7 +81,7 @@ def model_preprocess(
     implies, :func:`~calibkit.data.preprocess.preset_for`) or explicit settings, fitted to its input (a
     dynamic one at ``size``, else at the size the exporter recorded)."""
     proto = load_model(model_path)
-    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    metadata = model_metadata(proto)
     spec = preprocess if isinstance(preprocess, Preprocess) else get_preset(preprocess or preset_for(metadata))
     info = image_input(proto, model_path)
     dynamic = info.height is None or info.width is None
@@ -91,7 +91,7 @@ def model_preprocess(
 
 def model_preset(model_path: Path) -> Preprocess:
     """The preset ``model_path``'s exporter metadata implies (before any flag overrides it)."""
-    return get_preset(preset_for({prop.key: prop.value for prop in load_model(model_path).metadata_props}))
+    return get_preset(preset_for(model_metadata(load_model(model_path))))
 
 
 def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:

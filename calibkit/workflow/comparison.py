@@ -21,7 +21,7 @@ from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
 from calibkit.memory import peak_rss_gb, trim_heap
 from calibkit.notices import merge, recording, warned_so_far
-from calibkit.onnx_model import file_sha256, image_input, load_model, model_outputs
+from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata, model_outputs
 from calibkit.progress import progress
 from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY
@@ -67,7 +67,7 @@ def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
     labels = [item.label for item in items]
     num_labels = max(labels) + 1 if labels and None not in labels else None
     context = TaskContext(outputs, tuple(preprocess.size), preprocess, dict(options or {}), num_labels,
-                          {prop.key: prop.value for prop in proto.metadata_props})
+                          model_metadata(proto))
     task = make_task(name, context)
     check_labels(items, task.label_classes(), model)
     return task
