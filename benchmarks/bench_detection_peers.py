@@ -6,7 +6,9 @@ Run on demand (about 20 minutes once the peers' venvs exist): ``python benchmark
    sorted by name: the first ``--calib-pages`` even-numbered pages calibrate, the first ``--eval-pages``
    odd-numbered ones judge.
 2. ``calibkit calibrate`` with no preprocessing or task flag (both come from the model's metadata) writes
-   calibkit's TensorRT-target Q/DQ models, timed with its peak RSS.
+   calibkit's TensorRT-target Q/DQ models, timed with its peak RSS; ``calibkit compare --accuracy-budget``
+   on the same calibration pages (never the held-back ones) writes the mixed model that meets ``--budget``
+   F1 points against FP32 there.
 3. The same pages, preprocessed once by calibkit (letterbox 114, RGB, /255), go as one array to each peer
    of ``bench_accuracy_peers.py`` in its own venv: ONNX Runtime's ``quantize_static``, NNCF (defaults, and
    its own YOLOv8 recipe: elementwise ops, sigmoids and the head's box decoding ignored), NVIDIA Model
@@ -46,8 +48,9 @@ PEER_METHODS = {"nncf": ["defaults", "yolov8-ignored-scope"]}
 CALIBKIT = "import sys\nfrom calibkit.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
-def calibkit_models(model: Path, pages: list[Path], tmp: Path) -> list[tuple]:
-    """calibkit's Q/DQ models from ``pages``: ``(tool, method, path, wall s, peak GB)`` each."""
+def calibkit_models(model: Path, pages: list[Path], tmp: Path, budget: float) -> list[tuple]:
+    """calibkit's Q/DQ models from ``pages``, with the accuracy budget's mixed model fitted on them:
+    ``(tool, method, path, wall s, peak GB)`` each."""
     folder = tmp / "calib-pages"
     folder.mkdir()
     for page in pages:
@@ -57,7 +60,24 @@ def calibkit_models(model: Path, pages: list[Path], tmp: Path) -> list[tuple]:
                                                          "--out", str(run), "--method", METHODS, "--samples", "0",
                                                          "--quiet", "--no-engine-check"])
     labels = json.loads((run / "summary.json").read_text())["methods"]
-    return [("calibkit (.qdq.onnx)", label, run / f"{label}.qdq.onnx", wall, peak) for label in labels]
+    models = [("calibkit (.qdq.onnx)", label, run / f"{label}.qdq.onnx", wall, peak) for label in labels]
+    return models + budget_model(model, folder, run, tmp, budget, wall, peak)
+
+
+def budget_model(model: Path, folder: Path, run: Path, tmp: Path, budget: float, wall: float, peak: float) -> list:
+    """The mixed model of ``calibkit compare --accuracy-budget`` fitted on the calibration pages alone
+    (against FP32's own boxes, no labels), so the held-back pages judge it as they judge every other model;
+    timed together with the calibration it starts from. Empty when the plain INT8 models already meet it."""
+    fit = tmp / "fit"
+    fit_wall, fit_peak = run_peer(Path(sys.executable), CALIBKIT, [
+        "compare", "--model", str(model), "--images", str(folder), "--candidates", f"int8:{run}", "--out", str(fit),
+        "--accuracy-budget", str(budget), "--layer-images", "0", "--no-bench", "--no-engine-check", "--quiet"])
+    sensitivity = json.loads((fit / "report.json").read_text())["comparison"]["sensitivity"]
+    if not sensitivity["budget"]["models"]:
+        return []
+    method = f"{sensitivity['calibrator']} + budget {budget:g} ({len(sensitivity['budget']['kept_float'])} float)"
+    return [("calibkit (.qdq.onnx)", method, Path(sensitivity["budget"]["models"]["tensorrt"]), wall + fit_wall,
+             max(peak, fit_peak))]
 
 
 def unloadable(path: Path) -> str | None:
@@ -78,6 +98,8 @@ def main() -> None:
     parser.add_argument("--eval-pages", type=int, default=12)
     parser.add_argument("--tools", default="calibkit,onnxruntime,nncf,modelopt")
     parser.add_argument("--venvs", type=Path, default=cache_dir() / "peer-venvs")
+    parser.add_argument("--budget", type=float, default=2.0,
+                        help="calibkit's accuracy budget in F1 points, fitted on the calibration pages")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tools = args.tools.split(",")
@@ -90,7 +112,7 @@ def main() -> None:
         tmp = Path(tmp)
         calib = tmp / "calib.npy"
         np.save(calib, np.concatenate([b.array for b in iter_batches([ImageItem(p) for p in calib_pages], spec, 1)]))
-        models = calibkit_models(model, calib_pages, tmp) if "calibkit" in tools else []
+        models = calibkit_models(model, calib_pages, tmp, args.budget) if "calibkit" in tools else []
         peers, failures = quantize_with_peers(tools, args.venvs, calib, model, tmp, lambda tool: len(calib_pages),
                                               PEER_METHODS)
         models += peers

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnx
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -31,6 +33,7 @@ from calibkit.cli import INFERENCE_BATCH_SIZE  # noqa: E402
 from calibkit.data.images import ImageItem, discover_images  # noqa: E402
 from calibkit.data.loader import iter_batches  # noqa: E402
 from calibkit.demo_assets import SHARED_IMAGES, demo_model  # noqa: E402
+from calibkit.fileio import cache_dir  # noqa: E402
 from calibkit.workflow import model_preprocess  # noqa: E402
 
 
@@ -68,6 +71,40 @@ def inference_floor(model: Path, batches: list) -> float:
     return time.perf_counter() - start
 
 
+def stress_rows(pages: Path, count: int, tmp: Path) -> list[tuple]:
+    """The stress detector (``datasets/build_stress_detector.py``: 117 M parameters at 960x960, built once
+    into the cache) calibrated on the first ``count`` document pages, then compared (INT8 mse and FP16,
+    no per-layer pass) on the same pages: each against its decode + inference floor, with its peak RSS."""
+    sys.path.insert(0, str(ROOT / "datasets"))
+    from build_stress_detector import SIZE, build
+
+    model = cache_dir() / "stress-models" / f"stress-detector-{SIZE}.onnx"
+    if not model.is_file():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(build(), str(model))
+    folder = tmp / "stress-pages"
+    folder.mkdir()
+    for page in sorted(p for p in pages.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:count]:
+        (folder / page.name).symlink_to(page)
+    run, spec = tmp / "stress-run", model_preprocess(model)
+    wall, peak, _ = run_cli(["calibrate", "--model", str(model), "--images", str(folder), "--out", str(run),
+                             "--method", "mse", "--samples", "0", "--no-engine-check"])
+    timings = json.loads((run / "timings.json").read_text())
+    decode_s, single = decode_floor(discover_images(folder), spec, 1)
+    fp32_s = inference_floor(model, single)
+    rows = [(f"stress detector: calibrate on {count} pages vs decode + FP32 pass", wall, decode_s + fp32_s, 2.0, peak),
+            ("stress detector: statistics pass vs decode + FP32 pass", timings["statistics_s"], decode_s + fp32_s,
+             1.5, None)]
+    compare = tmp / "stress-compare"
+    wall, peak, _ = run_cli(["compare", "--model", str(model), "--images", str(folder), "--candidates",
+                             f"int8:{run},fp16", "--no-bench", "--layer-images", "0", "--no-engine-check",
+                             "--out", str(compare)])
+    floor = decode_s + fp32_s + inference_floor(run / "mse.qdq.onnx", single)
+    floor += inference_floor(compare / "model.fp16.onnx", single)
+    rows.append((f"stress detector: compare INT8 + FP16 on {count} pages", wall, floor, 2.0, peak))
+    return rows
+
+
 def items_listed(path: Path) -> list[ImageItem]:
     return [ImageItem(Path(line)) for line in path.read_text().splitlines() if line]
 
@@ -77,6 +114,9 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--stress-pages", type=int, default=10,
+                        help="document pages for the stress detector's rows (0 skips them)")
+    parser.add_argument("--pages", type=Path, default=ROOT.parent / "shared" / "data" / "doc-pages")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
     model = demo_model()
@@ -86,7 +126,7 @@ def main() -> None:
         run = Path(tmp) / "run"
         wall, peak, _ = run_cli(["calibrate", "--model", str(model), "--images", str(args.images), "--out", str(run),
                                  "--method", "all", "--samples", str(args.samples)])
-        timings = json.loads((run / "summary.json").read_text())["timings"]
+        timings = json.loads((run / "timings.json").read_text())
         chosen = items_listed(run / "images.txt")
         decode_s, single = decode_floor(chosen, spec, 1)
         stats_floor = decode_s + inference_floor(model, single)
@@ -120,6 +160,9 @@ def main() -> None:
         ranking_floor = (layers + 1) * inference_floor(run / "minmax.qdq.onnx", subset)
         rows.append((f"sensitivity ranking over {layers} layers ({sensitivity['sensitivity_images']} images)",
                      sensitivity["seconds"]["ranking"], ranking_floor, 1.5, peak))
+
+        if args.stress_pages:
+            rows += stress_rows(args.pages, args.stress_pages, Path(tmp))
 
         if not args.skip_demo:
             wall, peak, _ = run_cli(["demo", "--out", str(Path(tmp) / "demo")])

@@ -112,7 +112,7 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
     """
     types = _tensor_types(model)
     if any(out and out not in types for node in model.graph.node for out in node.output):
-        types = _tensor_types(onnx.shape_inference.infer_shapes(model))
+        types = _tensor_types(onnx.shape_inference.infer_shapes(shape_skeleton(model)))
     names = [inp.name for inp in _graph_inputs(model)]
     for node in model.graph.node:
         names.extend(out for out in node.output if out and types.get(out) in _FLOAT_TYPES)
@@ -155,11 +155,32 @@ def clamp_bounds(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -
     return bounds[0], bounds[1]
 
 
+# Initializers up to this many elements keep their values for shape inference (shapes, axes, scales).
+SHAPE_CONSTANT_ELEMENTS = 64
+
+
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for shape inference: its large initializers (weights) as typed graph inputs, so that
+    inferring the shapes of a 400 MB model does not copy its weights (twice: the copy and the inferred)."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    listed = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if math.prod(init.dims) <= SHAPE_CONSTANT_ELEMENTS:
+            graph.initializer.append(init)
+        elif init.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
+
+
 def activation_bytes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict[str, int]:
     """Bytes of every node output for one input of ``input_shape``, from shape inference; an output whose
     shape stays unknown counts as large as the largest known one (an over-estimate, never an under-)."""
-    sized = onnx.ModelProto()
-    sized.CopyFrom(model)
+    sized = shape_skeleton(model)
     dims = sized.graph.input[0].type.tensor_type.shape.dim
     for dim, value in zip(dims, input_shape):
         dim.Clear()
@@ -175,6 +196,13 @@ def activation_bytes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict
             known[info.name] = math.prod(shape) * 4
     largest = max(known.values(), default=1 << 20)
     return {out: known.get(out, largest) for node in model.graph.node for out in node.output if out}
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The type (element type and shape, batch left symbolic) of every tensor shape inference types."""
+    inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model))
+    infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:

@@ -25,8 +25,11 @@ from calibkit.errors import CalibkitError
 # Written last by ``calibrate``: a run folder without it did not finish.
 SUMMARY = "summary.json"
 
+# How long each stage of a run took: kept apart from summary.json, which is byte-identical for the same inputs.
+TIMINGS = "timings.json"
+
 # Files a run writes once, whatever its methods.
-RUN_FILES = (SUMMARY, "stats.npz", "images.txt", "weights.npz", "model.calibrated.onnx", "model.fp16.onnx", "report.html",
+RUN_FILES = (SUMMARY, TIMINGS, "stats.npz", "images.txt", "weights.npz", "model.calibrated.onnx", "model.fp16.onnx", "report.html",
              "report.json", "engine-check.json")
 
 # TensorRT-RTX engines a run keeps (--write-engines), per calibrator label and for fp32/fp16.

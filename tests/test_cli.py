@@ -128,8 +128,9 @@ def test_calibrate_writes_every_artefact_and_identical_bytes_twice(small_model, 
             assert f"{label}{suffix}" in names
     assert {"stats.npz", "weights.npz", "images.txt"} <= set(names)
     for name in names:
-        if name != "summary.json":
+        if name != "timings.json":
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert set(json.loads((tmp_path / "a" / "timings.json").read_text())) >= {"statistics_s", "total_s"}
     assert len((tmp_path / "a" / "images.txt").read_text().splitlines()) == 8
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["coverage"]["pool"] == 12 and summary["coverage"]["chosen"] == 8
@@ -576,3 +577,31 @@ def test_compare_exclusions_add_to_the_runs_own_and_sensitivity_keeps_both_in_fl
             assert node.input[1] == weight_input[node.name], f"{node.name} must stay float"
     ranked = {r["node"] for r in json.loads((out / "report.json").read_text())["comparison"]["sensitivity"]["ranking"]}
     assert ranked == {"conv1", "conv3"}, "layers kept in float are not ranked"
+
+
+def test_a_small_memory_budget_runs_the_graph_in_segments_to_the_same_ranges(small_model, image_folder, tmp_path,
+                                                                              capsys):
+    """Each segment is a graph of its own, so ONNX Runtime may pick another kernel layout for a layer at a
+    segment's edge (this model's global pool): the same ranges up to float rounding, not the same bits."""
+    argv = ["calibrate", "--model", str(small_model), "--images", str(image_folder), "--method", "minmax,mse",
+            "--samples", "0", "--no-engine-check"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "cut"), "--memory-budget", "0.00002"]) == 0
+    assert "graph segments (--memory-budget)" in capsys.readouterr().err
+    timings = json.loads((tmp_path / "cut" / "timings.json").read_text())
+    assert timings["statistics_graph_segments"] > 1 and timings["peak_rss_gb"] > 0
+    assert json.loads((tmp_path / "whole" / "timings.json").read_text())["statistics_graph_segments"] == 1
+    for label in ("minmax", "mse"):
+        whole, cut = (json.loads((tmp_path / run / f"{label}.json").read_text())["tensors"] for run in ("whole", "cut"))
+        assert list(whole) == list(cut)
+        for name, entry in whole.items():
+            assert cut[name]["amax"] == pytest.approx(entry["amax"], rel=1e-5), (label, name)
+    assert_one_line_error(run_cli(*argv, "--out", str(tmp_path / "x"), "--memory-budget", "0"),
+                          "--memory-budget", "more than 0")
+
+
+def test_a_budget_metric_the_task_does_not_know_is_refused_before_any_work(small_model, image_folder, tmp_path):
+    result = run_cli("calibrate", "--model", str(small_model), "--images", str(image_folder), "--method", "minmax",
+                     "--out", str(tmp_path / "run"), "--compare", "--accuracy-budget", "1", "--budget-metric", "map")
+    assert_one_line_error(result, "unknown budget metric 'map' for task classification", "auto, top1, agreement")
+    assert not (tmp_path / "run").exists()

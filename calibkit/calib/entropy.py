@@ -83,7 +83,8 @@ def entropy2_threshold_bin(hist: np.ndarray, start: int = START_BIN, levels: int
     return start + best
 
 
-@register_calibrator("entropy2", trt_algorithm="EntropyCalibration2")
+# cost: measured at about 30 percentile scans per tensor (YOLOv8n-DocLayNet's 243 tensors, 8192-bin histograms).
+@register_calibrator("entropy2", trt_algorithm="EntropyCalibration2", cost=30)
 def entropy2_amax(stats: TensorStats) -> float:
     """amax chosen by EntropyCalibration2 on the 2048-bin |x| histogram of ``stats``."""
     counts, edges = stats.resampled(HIST_BINS)

@@ -6,7 +6,7 @@ from calibkit.calib.registry import register_calibrator
 from calibkit.stats.histogram import TensorStats
 
 
-@register_calibrator("minmax", trt_algorithm="MinMaxCalibration")
+@register_calibrator("minmax", trt_algorithm="MinMaxCalibration", cost=0)
 def minmax_amax(stats: TensorStats) -> float:
     """The exact absolute maximum, tracked outside the histogram."""
     return stats.absmax

@@ -24,7 +24,8 @@ def mse_errors(counts: np.ndarray, edges: np.ndarray, candidates: np.ndarray) ->
     return errors
 
 
-@register_calibrator("mse")
+# cost: measured at about 110 percentile scans per tensor (YOLOv8n-DocLayNet's 243 tensors, 8192-bin histograms).
+@register_calibrator("mse", cost=110)
 def mse_amax(stats: TensorStats) -> float:
     """Search the 2048-bin edges from bin 128 up; ties go to the larger range."""
     counts, edges = stats.resampled(HIST_BINS)

@@ -45,6 +45,7 @@ class CalibratorInfo:
     arg_type: type = float
     defaults: Mapping[str, object] = field(default_factory=dict)
     arg_range: tuple[float, float] | None = None
+    cost: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,17 +77,20 @@ def register_calibrator(
     arg_type: type = float,
     defaults: Mapping[str, object] | None = None,
     arg_range: tuple[float, float] | None = None,
+    cost: float = 1.0,
 ) -> Callable[[CalibrateFn], CalibrateFn]:
     """Decorator: register ``fn(stats, **params) -> amax`` as calibrator ``name``.
 
     ``arg_name`` names the parameter set by ``name:value`` on the command line. ``trt_algorithm``
     is the algorithm written into the TensorRT cache header (a TensorRT 10 calibrator of that kind
     replays the cache). ``arg_range`` (inclusive) is checked when the method is parsed, before any
-    image is read.
+    image is read. ``cost`` is the work of one tensor's range in histogram scans (a percentile is one):
+    the sufficiency check budgets by it, so its choice of calibrators never depends on the machine's load.
     """
 
     def decorate(fn: CalibrateFn) -> CalibrateFn:
-        _REGISTRY[name] = CalibratorInfo(name, fn, trt_algorithm, arg_name, arg_type, dict(defaults or {}), arg_range)
+        _REGISTRY[name] = CalibratorInfo(name, fn, trt_algorithm, arg_name, arg_type, dict(defaults or {}), arg_range,
+                                         cost)
         return fn
 
     return decorate

@@ -12,6 +12,7 @@ from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.cli.defaults import INFERENCE_BATCH_SIZE
 from calibkit.engine.commands import engine_settings
 from calibkit.errors import CalibkitError
+from calibkit.stats import MEMORY_BUDGET
 
 
 def _preprocess(args: argparse.Namespace):
@@ -230,7 +231,7 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
 def timing_text(timings: dict[str, float]) -> str:
     """``checks 0.4 s, sampling 0.1 s, ...``: every stage of a calibration in the order it ran."""
     return ", ".join(f"{key[:-2].replace('_', ' ')} {seconds:.1f} s" for key, seconds in timings.items()
-                     if key != "total_s")
+                     if key.endswith("_s") and key != "total_s")
 
 
 def _run_calibration(args: argparse.Namespace, engines=None):
@@ -243,13 +244,14 @@ def _run_calibration(args: argparse.Namespace, engines=None):
         labels=args.labels, trt_version=args.trt_version, exclude=args.exclude,
         equalize_depthwise=not args.no_equalize, weight_rounding=args.weight_rounding,
         bias_correction=not args.no_bias_correction, backend=args.backend, ray=args.ray, engines=engines,
-        force=args.force,
+        force=args.force, memory_budget=int(args.memory_budget * (1 << 30)),
     )
-    n = run.stats.provenance["num_images"]
+    n, segments = run.stats.provenance["num_images"], run.stats.segments
     print(
         f"calibrated on {n} images in {run.timings['total_s']:.1f} s (statistics pass {run.timings['statistics_s']:.1f} s, "
         f"{n / run.timings['statistics_s']:.1f} img/s); wrote {', '.join(sorted(run.calibrators))} to {run.out}\n"
-        f"  stages: {timing_text(run.timings)}",
+        f"  stages: {timing_text(run.timings)}; peak RSS {run.timings['peak_rss_gb']:.2f} GB"
+        + (f"; statistics in {segments} graph segments (--memory-budget)" if segments > 1 else ""),
         file=sys.stderr,
     )
     if run.engine:
@@ -373,6 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.preset, args.skip_bad, args.exclude, args.trt_version = "imagenet-tf", False, [], DEFAULT_TRT_VERSION
     args.no_equalize, args.weight_rounding, args.no_bias_correction = False, "gptq", False
     args.backend, args.ray, args.force = "ort-cpu", None, False
+    args.memory_budget = MEMORY_BUDGET / (1 << 30)
     args.exclude_calibration_images = True
     args.report = args.out / "report.html"
     args.compare = True

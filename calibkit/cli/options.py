@@ -12,6 +12,7 @@ from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.cli.commands import (cmd_bench, cmd_calibrate, cmd_compare, cmd_demo, cmd_eval, cmd_import_cache,
                                    cmd_quantize)
 from calibkit.cli.defaults import DEMO_BUDGET, INFERENCE_BATCH_SIZE
+from calibkit.stats import MEMORY_BUDGET
 from calibkit.engine.commands import add_build_engine, add_engine_options
 
 BATCH_HELP = (
@@ -41,6 +42,13 @@ def _size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected a size in pixels, SIZE or HxW such as 224 or 640x480, got {text!r}")
     return parts[0], parts[1]
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -202,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "calibration images) or nearest")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the float biases as exported instead of removing the mean shift weight rounding adds")
+    p.add_argument("--memory-budget", type=_positive_float, default=MEMORY_BUDGET / (1 << 30), metavar="GB",
+                   help="activations the statistics pass may hold (default 1.5): past it, the graph runs in "
+                        "segments that each expose a part, at the cost of one inference per image all the same")
     _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=None)
@@ -301,8 +312,9 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
                             "activations)")
     group.add_argument("--sensitivity-images", type=_positive_int, default=100,
                        help="images for the sensitivity ranking")
-    group.add_argument("--budget-metric", choices=["auto", "top1", "agreement"], default="auto",
-                       help="what the budget limits: top-1 drop (auto with labels) or top-1 agreement loss")
+    group.add_argument("--budget-metric", default="auto",
+                       help="what the budget limits, as the task names it (checked against the task before any "
+                            "work): classification top1 (auto with labels) or agreement; detection auto (1 - F1)")
 
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from onnx import helper
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
+from calibkit.onnx_model import tensor_types
 
 # Bytes per batch of the base graph's tensors exposed for one group of suffixes, bytes of the weights
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
@@ -113,13 +114,6 @@ def suffix_of(base: Base, variant: onnx.ModelProto) -> Suffix:
     )
     model = helper.make_model(graph, opset_imports=variant.opset_import, ir_version=variant.ir_version)
     return Suffix(model, inputs, reused)
-
-
-def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """The type (element type and shape, batch left symbolic) of every tensor shape inference types."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
-    return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
 
 
 def suffix_groups(keys: Iterable[str], make: Callable[[str], Suffix], sizes: Mapping[str, int], batch: int,

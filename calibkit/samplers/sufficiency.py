@@ -6,14 +6,14 @@ ranges of the whole set: the mean over tensors of |amax_subset / amax_all - 1|, 
 since bounded activations such as ReLU6 outputs never move and would pin a median at zero). A curve
 that flattens near zero well before the full size says the set was large enough.
 
-With a time budget (the calibration command gives the statistics pass's own duration), calibrators are
-taken cheapest first while their estimated cost (one full-set calibration, timed, times the number of
-draws) fits it; the others are listed as left out, so this check never costs more than the pass it checks.
+With a cost limit, calibrators are taken cheapest first while their cost fits it: each registry entry
+declares its work per tensor in histogram scans (a percentile is one), times the number of draws. The
+others are listed as left out. The choice depends on the calibrators and the shard count alone, never on
+the machine's load, so a run's summary is the same bytes on any machine.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -37,26 +37,25 @@ def _quiet_amax(tensors: dict[str, TensorStats], calibrator: Calibrator) -> np.n
 
 @dataclass(frozen=True)
 class Reference:
-    """A calibrator's ranges on the whole set (the merge of every shard) and the seconds they took to
-    compute: what each subset is compared with, and the unit of the cost estimate."""
+    """A calibrator's ranges on the whole set (the merge of every shard): what each subset is compared with."""
 
     amax: np.ndarray
-    seconds: float
 
     @classmethod
-    def of(cls, ranges: Mapping[str, TensorRange], seconds: float) -> "Reference":
-        return cls(np.array([r.amax for r in ranges.values()]), seconds)
+    def of(cls, ranges: Mapping[str, TensorRange]) -> "Reference":
+        return cls(np.array([r.amax for r in ranges.values()]))
 
 
 def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence[int],
                 calibrators: Sequence[Calibrator], sizes: Sequence[int] = DEFAULT_SIZES,
-                bootstrap: int = 5, seed: int = 0, budget_s: float | None = None,
+                bootstrap: int = 5, seed: int = 0, max_cost: float | None = None,
                 references: Mapping[str, Reference] | None = None) -> dict:
     """Per calibrator, rows ``{images, mean_change_pct, spread_pct, p90_change_pct}`` by subset size.
 
     ``shard_images`` gives the image count of each shard; sizes larger than the whole set are dropped
     and the whole set's size is always included. ``references`` (by calibrator label) are the whole
-    set's ranges where the caller has already computed them; the others are computed here.
+    set's ranges where the caller has already computed them; the others are computed here. ``max_cost``
+    bounds the histogram scans per tensor the check spends over every calibrator and draw.
     """
     rng = np.random.default_rng(seed)
     total = int(sum(shard_images))
@@ -68,17 +67,15 @@ def sufficiency(shards: Sequence[dict[str, TensorStats]], shard_images: Sequence
     if missing:
         full = merge_shards(shards)
         for calibrator in missing:
-            start = time.perf_counter()
-            amax = _quiet_amax(full, calibrator)
-            known[calibrator.label] = Reference(amax, time.perf_counter() - start)
+            known[calibrator.label] = Reference(_quiet_amax(full, calibrator))
     reference = {c.label: known[c.label].amax for c in calibrators}
-    cost = {c.label: known[c.label].seconds * len(counts) * bootstrap for c in calibrators}
+    cost = {c.label: c.info.cost * len(counts) * bootstrap for c in calibrators}
     spent = 0.0
     chosen = []
-    for calibrator in sorted(calibrators, key=lambda c: cost[c.label]):
-        if budget_s is not None and spent + cost[calibrator.label] > budget_s:
-            result["left_out"][calibrator.label] = (f"about {cost[calibrator.label]:.0f} s, over the "
-                                                    f"{budget_s:.0f} s budget")
+    for calibrator in sorted(calibrators, key=lambda c: (cost[c.label], c.label)):
+        if max_cost is not None and spent + cost[calibrator.label] > max_cost:
+            result["left_out"][calibrator.label] = (f"{cost[calibrator.label]:g} histogram scans per tensor, over "
+                                                    f"the check's {max_cost - spent:g} left")
             continue
         spent += cost[calibrator.label]
         chosen.append(calibrator)

@@ -7,23 +7,26 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from calibkit.backends import load
+from calibkit.backends.base import backend_info
 from calibkit.data.images import ImageItem, file_digest, image_list_hash
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.fileio import read_npz, write_npz_atomic
+from calibkit.memory import trim_heap
 from calibkit.normalize import normalized_model
 from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
-from calibkit.stats import device
+from calibkit.stats import MEMORY_BUDGET, device
 from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 from calibkit.stats.moments import MomentCollector
+from calibkit.stats.segments import SegmentedSession, split
 
 STATS_BATCH_SIZE = 1  # images per inference on the CPU (BackendInfo.stats_batch)
 
@@ -45,6 +48,7 @@ class CollectedStats:
     seconds: float = 0.0
     shards: list[dict[str, TensorStats]] = field(default_factory=list)
     shard_images: list[int] = field(default_factory=list)
+    segments: int = 1  # the graph's segments under the memory budget (the same statistics however many)
 
     def save(self, path: Path) -> Path:
         """Write an ``.npz`` that :meth:`load` reads back; calibrators can then run without images."""
@@ -81,6 +85,7 @@ def collect_statistics(
     shard_size: int | None = None,
     moments: MomentCollector | None = None,
     backend: str = "ort-cpu",
+    memory_budget: int = MEMORY_BUDGET,
 ) -> CollectedStats:
     """Run the model's normalised graph (:mod:`calibkit.normalize`) once over ``items`` and return
     streaming statistics of ``tensors``.
@@ -98,7 +103,7 @@ def collect_statistics(
     """
     start = time.perf_counter()
     part = collect_part(model_path, items, preprocess, batch_size, bins, tensors, skip_bad, threads, shard_size,
-                        moments, backend)
+                        moments, backend, memory_budget)
     return assemble(model_path, [part], preprocess, bins, time.perf_counter() - start, bool(shard_size))
 
 
@@ -113,49 +118,107 @@ class PassPart:
     digests: list[str]
     skipped: int
     clamped: int
+    segments: int = 1
+
+
+class _Folder:
+    """Where a pass's tensors go, batch by batch: each shard's histograms and the layer-input moments
+    (folded on a thread of their own, in image order, unless the tensors live on the GPU)."""
+
+    def __init__(self, measured: list[str], bins: int, shard_size: int | None, moments: MomentCollector | None,
+                 clamps: dict[str, Clamp], segmented: bool, on_gpu: bool) -> None:
+        self.measured, self.bins, self.shard_size, self.moments = measured, bins, shard_size, moments
+        self.clamps, self.segmented, self.on_gpu = clamps, segmented, on_gpu
+        self.shards: list[dict[str, TensorStats]] = [self._new_shard()]
+        self.shard_images = [0]
+        self.seen: list[ImageItem] = []
+        self.moments_left = moments.images - moments.seen if moments is not None else 0
+        self.moment_updates: Ordered | None = None
+        self.bar = None
+
+    def _new_shard(self) -> dict[str, TensorStats]:
+        return {name: TensorStats(name, self.bins) for name in self.measured}
+
+    def _moments(self, call, *args) -> None:
+        if self.on_gpu:
+            call(*args)
+        else:
+            self.moment_updates.submit(call, *args)
+
+    def _layer_inputs(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Segment outputs are handed over whole (a clamp a layer reads is exposed); a whole batch derives it.
+        return {name: _tensor(name, outputs, self.clamps) for name in self.moments.inputs
+                if not self.segmented or name in outputs}
+
+    def start(self) -> None:
+        if self.shard_size and self.shard_images[-1] >= self.shard_size:
+            self.shards.append(self._new_shard())
+            self.shard_images.append(0)
+
+    def values(self, outputs: dict[str, np.ndarray]) -> None:
+        """A batch's tensors (all of them, or one segment's) into the histograms and the moments."""
+        if self.moments is not None and self.moments_left > 0:
+            self._moments(lambda: self.moments.add(self._layer_inputs(outputs)))
+        for name in self.measured:
+            if name in outputs:
+                self.shards[-1][name].update(outputs[name])
+        if self.on_gpu:
+            device.synchronize()  # the kernels have read ONNX Runtime's buffers, which may now be reused
+
+    def end(self, batch_items: list[ImageItem]) -> None:
+        if self.moments is not None and self.moments_left > 0:
+            self.moments_left -= len(batch_items)
+            self._moments(self.moments.count, len(batch_items))
+        self.shard_images[-1] += len(batch_items)
+        self.seen.extend(batch_items)
+        self.bar.update(len(batch_items))
 
 
 def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess,
                  batch_size: int = STATS_BATCH_SIZE, bins: int = DEFAULT_BINS, tensors: Sequence[str] | None = None,
                  skip_bad: bool = False, threads: int = 1, shard_size: int | None = None,
-                 moments: MomentCollector | None = None, backend: str = "ort-cpu") -> PassPart:
+                 moments: MomentCollector | None = None, backend: str = "ort-cpu",
+                 memory_budget: int = MEMORY_BUDGET) -> PassPart:
     """The pass of :func:`collect_statistics` over ``items``, before its parts are merged: one process's
     share of a pass that may be split over several (:mod:`calibkit.distributed`)."""
     model = normalized_model(Path(model_path)).model
     names = list(tensors) if tensors is not None else float_activations(model)
     clamps = derivable_clamps(model, names)
-    derived = {clamp.output for clamp in clamps}
     by_output = {clamp.output: clamp for clamp in clamps}
-    measured = [name for name in names if name not in derived]
-    session = load(Path(model_path), "fp32", backend, expose=measured, threads=threads, model=model)
+    measured = [name for name in names if name not in by_output]
+    sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
+    per_batch = sum(sizes.get(n, 0) for n in measured)
+    segments = None
+    if per_batch > memory_budget and not backend_info(backend).on_gpu:
+        wanted = [*measured, *(n for n in (moments.inputs if moments else []) if n in by_output)]
+        segments = split(model, wanted, sizes, memory_budget // 2)  # one segment folded while the next runs
+        if moments is not None:
+            moments.use_layer_streams()  # a segment's layers come before those of earlier tensors
+        session = SegmentedSession(Path(model_path), segments, backend, threads)
+    else:
+        session = load(Path(model_path), "fp32", backend, expose=measured, threads=threads, model=model)
+    del model  # the sessions hold the weights now; the graph's copy would double them
     on_gpu = getattr(session, "on_gpu", False)
     run = session.run_device if on_gpu else session.run
-    shards: list[dict[str, TensorStats]] = [{name: TensorStats(name, bins) for name in measured}]
-    shard_images = [0]
+    folder = _Folder(measured, bins, shard_size, moments, by_output, segments is not None, on_gpu)
     report = LoadReport()
-    seen: list[ImageItem] = []
 
-    def update_moments(outputs: dict[str, np.ndarray]) -> None:
-        moments.update({name: _tensor(name, outputs, by_output) for name in moments.inputs})
+    def fold_segments(batch_items: list[ImageItem], parts: Iterator[dict[str, np.ndarray]]) -> None:
+        """A batch segment by segment, the next segment computed while this one is folded."""
+        folder.start()
+        pending = inference.submit(next, parts, None)
+        while (values := pending.result()) is not None:
+            pending = inference.submit(next, parts, None)
+            folder.values(values)
+            del values
+        folder.end(batch_items)
+        trim_heap()  # a segment's GBs freed by three threads: glibc keeps them unless asked
 
-    def fold(batch_items: list[ImageItem], outputs: dict[str, np.ndarray]) -> None:
-        nonlocal moments_left
-        if shard_size and shard_images[-1] >= shard_size:
-            shards.append({name: TensorStats(name, bins) for name in measured})
-            shard_images.append(0)
-        if moments is not None and moments_left > 0:
-            moments_left -= len(batch_items)
-            if on_gpu:
-                update_moments(outputs)
-            else:
-                moment_updates.submit(update_moments, outputs)
-        for name in measured:
-            shards[-1][name].update(outputs[name])
-        if on_gpu:
-            device.synchronize()  # the kernels have read ONNX Runtime's buffers, which may now be reused
-        shard_images[-1] += len(batch_items)
-        seen.extend(batch_items)
-        bar.update(len(batch_items))
+    def fold_oldest() -> None:
+        batch_items, outputs = queued.popleft()
+        folder.start()
+        folder.values(outputs.result())
+        folder.end(batch_items)
 
     # Up to two batches are queued for inference on one thread while the histograms of the oldest
     # are updated (ONNX Runtime and the C binning kernel release the GIL), fewer where their exposed
@@ -163,27 +226,23 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     # One inference at a time on single images measured fastest: the activations of one image stay in
     # cache for the histograms. The layer-input moments of the first images (most of the work of those
     # images) are folded on a third thread, in image order, so the histograms do not wait for them.
-    sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
-    per_batch = sum(sizes.get(n, 0) for n in measured)
-    depth = 0 if on_gpu else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
-    moments_left = moments.images - moments.seen if moments is not None else 0
-    with (progress(len(items), "collecting statistics") as bar, ThreadPoolExecutor(1) as inference,
-          Ordered(max(depth, 1)) as moment_updates):
-        queued: deque[tuple[list[ImageItem], Future]] = deque()
-
-        def fold_oldest() -> None:
-            batch_items, outputs = queued.popleft()
-            fold(batch_items, outputs.result())
-
+    depth = 0 if on_gpu or segments else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
+    queued: deque[tuple[list[ImageItem], Future]] = deque()
+    with (progress(len(items), "collecting statistics") as folder.bar, ThreadPoolExecutor(1) as inference,
+          Ordered(max(depth, 1)) as folder.moment_updates):
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
+            if segments:
+                fold_segments(batch.items, session.run(batch.array))
+                continue
             queued.append((batch.items, inference.submit(run, batch.array, measured)))
             if len(queued) > depth:
                 fold_oldest()
         while queued:
             fold_oldest()
-    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names) for shard in shards]
-    return PassPart(shards, shard_images, seen, [file_digest(item.path) for item in seen], len(report.skipped),
-                    len(clamps))
+    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names)
+              for shard in folder.shards]
+    return PassPart(shards, folder.shard_images, folder.seen, [file_digest(item.path) for item in folder.seen],
+                    len(report.skipped), len(clamps), len(segments or [None]))
 
 
 def assemble(model_path: Path, parts: Sequence[PassPart], preprocess: Preprocess, bins: int, seconds: float,
@@ -205,7 +264,8 @@ def assemble(model_path: Path, parts: Sequence[PassPart], preprocess: Preprocess
     }
     shard_images = [count for part in parts for count in part.shard_images]
     return CollectedStats(merge_shards(shards), provenance, [str(item.path) for item in seen], seconds,
-                          shards if keep_shards else [], shard_images if keep_shards else [])
+                          shards if keep_shards else [], shard_images if keep_shards else [],
+                          max(part.segments for part in parts))
 
 
 class Ordered:

@@ -240,8 +240,10 @@ class MomentCollector:
     moments are accumulated only for layers that can reach ``min_samples_per_column`` (what weight
     rounding needs): a layer too wide for its positions and images would cost ``columns^2`` per vector
     for an estimate nothing uses, so it gets the mean alone (bias correction needs no more).
-    Positions are drawn from one generator seeded with ``seed``, in image order, so the same images in
-    the same order give the same moments.
+    Positions are drawn from one generator seeded with ``seed``, layer after layer, in image order, so
+    the same images in the same order give the same moments. A pass that hands the layer inputs over a
+    segment of the graph at a time (:mod:`calibkit.stats.segments`) calls :meth:`use_layer_streams`
+    first: each layer then draws from a generator of its own (``seed`` and its index), in any order.
     """
 
     layers: Sequence[WeightedLayer]
@@ -252,8 +254,14 @@ class MomentCollector:
     moments: dict[str, InputMoments] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
+        self._rngs = [np.random.default_rng(self.seed)] * len(self.layers)  # one generator, shared
         self._positions: dict[str, int] = {}
+
+    def use_layer_streams(self) -> None:
+        """One generator per layer, so that layers may be folded in any order (before any image)."""
+        if self.seen or self.moments:
+            raise RuntimeError("layer streams must be chosen before the first image")
+        self._rngs = [np.random.default_rng([self.seed, index]) for index in range(len(self.layers))]
 
     @property
     def inputs(self) -> list[str]:
@@ -266,17 +274,28 @@ class MomentCollector:
 
     def update(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Fold one batch's layer inputs (by tensor name; the batch is the first axis) in."""
+        if not self.done:
+            first = tensors[self.layers[0].input] if self.layers else None
+            self.add(tensors)
+            self.count(first.shape[0] if first is not None and first.ndim > 1 else 1)
+
+    def add(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Fold in the inputs in ``tensors`` of the layers that read them: part of a batch, which
+        :meth:`count` closes."""
         if self.done:
             return
-        batch = 1
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if layer.input not in tensors:
+                continue
             x = tensors[layer.input]
             x = x.astype(np.float32, copy=False) if device.is_device_array(x) else np.asarray(x, dtype=np.float32)
-            batch = x.shape[0] if x.ndim > 1 else 1
             if layer.node not in self.moments:
                 self._start(layer, x.shape)
-            self.moments[layer.node].add(layer.patches(x, self._rng, self._positions[layer.node]))
-        self.seen += batch
+            self.moments[layer.node].add(layer.patches(x, self._rngs[index], self._positions[layer.node]))
+
+    def count(self, images: int) -> None:
+        """Close a batch of ``images`` whose layer inputs :meth:`add` has folded in."""
+        self.seen += images
 
     def _start(self, layer: WeightedLayer, shape: Sequence[int]) -> None:
         available = layer.positions(shape)

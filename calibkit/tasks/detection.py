@@ -7,6 +7,7 @@ import ast
 import base64
 import io
 import json
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -169,6 +170,10 @@ def draw(image: Image.Image, detections: Detections, colour: str, names: Sequenc
     pen = ImageDraw.Draw(canvas)
     width = max(1, round(max(canvas.size) / 300))
     for box, cls in zip(detections.boxes.tolist(), detections.classes.tolist()):
+        if not all(math.isfinite(v) for v in box):
+            continue  # a broken candidate's box: counted as a wrong box in the metrics, not drawable
+        x0, y0, x1, y1 = box
+        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]  # a negative width or height decodes inverted
         pen.rectangle(box, outline=colour, width=width)
         label = names[cls] if cls < len(names) else str(cls)
         left, top, right, bottom = pen.textbbox((box[0], box[1]), label)
@@ -280,3 +285,20 @@ class Detection(Task):
 
     def budget_loss(self, result: Mapping[str, float | None], metric: str = "auto") -> tuple[float, str]:
         return 100 * (1 - float(result["f1"])), "f1"
+
+    def drift_sums(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Noise energy and energy per output channel (along each output's shortest axis after the batch:
+        a YOLO output's box rows and class rows, a score map's classes), so each channel weighs the same in
+        :meth:`drift_of`. Summed over a whole output instead, box coordinates in pixels outweigh the class
+        scores that decoding thresholds by five orders of magnitude, and sensitivity ranks box precision."""
+        sums = []
+        for name, ref in reference.items():
+            ref64 = np.asarray(ref, np.float64)
+            noise = (np.asarray(candidate[name], np.float64) - ref64) ** 2
+            if ref64.ndim < 3:
+                sums.append(np.array([[noise.sum(), (ref64 ** 2).sum()]]))
+                continue
+            axis = 1 + int(np.argmin(ref64.shape[1:]))
+            others = tuple(a for a in range(ref64.ndim) if a != axis)
+            sums.append(np.stack([noise.sum(axis=others), (ref64 ** 2).sum(axis=others)], axis=1))
+        return np.concatenate(sums).ravel()

@@ -24,7 +24,7 @@ from calibkit.notices import merge, recording, warned_so_far
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata, model_outputs
 from calibkit.progress import progress
 from calibkit.report.provenance import environment
-from calibkit.run_folder import SUMMARY
+from calibkit.run_folder import SUMMARY, TIMINGS
 from calibkit.samplers.registry import sample
 from calibkit.stats.collect import CollectedStats
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
@@ -221,7 +221,9 @@ def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candid
         summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
         ranges = {c.calibrator: read_ranges(c.ranges)[0] for c in candidates
                   if c.ranges is not None and c.ranges.parent == run_dir}
-        timings, coverage, enough = summary.get("timings", {}), summary.get("coverage"), summary.get("sufficiency")
+        timings = (json.loads((run_dir / TIMINGS).read_text(encoding="utf-8")) if (run_dir / TIMINGS).is_file()
+                   else summary.get("timings", {}))  # runs before timings.json kept them in the summary
+        coverage, enough = summary.get("coverage"), summary.get("sufficiency")
     rows = {f"calibration {k}": v for k, v in stats.provenance.items() if k != "preprocess"}
     rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items()})
     if coverage:

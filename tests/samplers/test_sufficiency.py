@@ -38,13 +38,14 @@ def test_an_unrepresentative_shard_shows_up_as_movement():
     assert small_wild["mean_change_pct"] > small_calm["mean_change_pct"]
 
 
-def test_a_time_budget_keeps_the_cheap_calibrators_and_names_the_rest():
+def test_a_cost_limit_keeps_the_cheap_calibrators_and_names_the_rest():
     shards = make_shards(6, lambda i: 1.0)
-    calibrators = parse_methods("minmax,mse")
+    calibrators = parse_methods("mse,percentile:99.9,minmax")
     unlimited = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2)
-    assert set(unlimited["methods"]) == {"minmax", "mse"} and unlimited["left_out"] == {}
-    tight = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, budget_s=1e-9)
-    assert set(tight["left_out"]) == {"minmax", "mse"} and tight["methods"] == {}
-    cheap_first = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, budget_s=0.05)
-    assert "minmax" in cheap_first["methods"], "the cheapest calibrator (microseconds) is taken first"
-    assert set(cheap_first["methods"]) | set(cheap_first["left_out"]) == {"minmax", "mse"}
+    assert set(unlimited["methods"]) == {"minmax", "mse", "percentile-99.9"} and unlimited["left_out"] == {}
+    # 2 sizes x 2 draws: percentile costs 4 scans per tensor, minmax 0, mse 440
+    limited = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, max_cost=100)
+    assert set(limited["methods"]) == {"minmax", "percentile-99.9"} and list(limited["left_out"]) == ["mse"]
+    assert "440 histogram scans" in limited["left_out"]["mse"]
+    none_fit = sufficiency(shards, [50] * 6, calibrators, sizes=(50, 300), bootstrap=2, max_cost=1)
+    assert list(none_fit["methods"]) == ["minmax"], "a calibrator that costs no scan always fits"

@@ -214,3 +214,36 @@ def test_an_end_to_end_yolo_export_with_nms_is_read_from_its_metadata():
     rows[0, 1] = [30, 30, 40, 40, 0.2, 0]
     found = task.decode({"output0": rows}, batch_of(1))[0].above(task.settings["score"])
     assert found.classes.tolist() == [1] and found.boxes.tolist() == [[4, 4, 20, 20]]
+
+
+def test_sensitivity_drift_weighs_class_scores_like_box_coordinates():
+    """YOLOv8's [1, 4 + C, anchors]: boxes in pixels, scores in 0-1. A candidate whose scores are all
+    off but whose boxes are exact must count as far off; summed over the whole output it would not."""
+    context = TaskContext([OutputInfo("output0", (1, 7, 336))], (128, 128), SPEC, metadata={"task": "detect"})
+    task = make_task("auto", context)
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([rng.uniform(0, 1000, (1, 4, 336)), rng.uniform(0, 1, (1, 3, 336))], axis=1)
+    scores_off = reference.copy()
+    scores_off[:, 4:] = 0
+    boxes_off = reference.copy()
+    boxes_off[:, :4] *= 1.001  # a 0.1 % box error: a pixel at most
+    drift = {name: task.drift_of(task.drift_sums({"output0": reference}, {"output0": candidate}))
+             for name, candidate in (("scores", scores_off), ("boxes", boxes_off))}
+    assert drift["scores"] == pytest.approx(3.0)  # three class rows, each entirely wrong
+    assert drift["boxes"] < 1e-5 < drift["scores"] / 1e5
+    halves = [task.drift_sums({"output0": reference[..., i::2]}, {"output0": scores_off[..., i::2]}) for i in (0, 1)]
+    assert task.drift_of(halves[0] + halves[1]) == pytest.approx(drift["scores"]), "sums add over batches"
+
+
+def test_inverted_and_non_finite_boxes_are_drawn_or_skipped_without_an_error():
+    """A random-weight or broken detector decodes boxes with negative sizes and NaNs; the report's
+    examples must still be drawn."""
+    from PIL import Image
+
+    from calibkit.tasks.detection import draw
+
+    image = Image.new("RGB", (64, 64), "white")
+    found = dets([[40, 40, 10, 10], [float("nan"), 0, 5, 5], [5, 5, 20, 30]], [0.9, 0.8, 0.7], [0, 1, 0])
+    drawn = np.asarray(draw(image, found, "#ff0000", ["text", "table"]))
+    assert drawn[10, 25].tolist() == [255, 0, 0], "the inverted box is drawn between its corners"
+    assert (drawn != 255).any(axis=2).sum() > 0

@@ -1,0 +1,125 @@
+"""Run a model in consecutive pieces, so that only one piece's exposed tensors are held at a time.
+
+The statistics pass reads every activation of a batch. Exposing them all from one session holds the
+whole network's activations at once: several GB for one 1024 px image of a wide detector. Here the graph,
+in its topological order, is cut into segments whose exposed tensors fit a byte budget. Each segment is a
+model of its own that reads what earlier segments computed (the frontier) and hands its tensors out before
+the next runs: a batch still costs one inference in all, and only the frontier and one segment's tensors
+are alive. Every exposed tensor is a graph output in both forms, so ONNX Runtime fuses nothing across it
+either way; the values agree to float rounding, since a layer at a segment's edge may get another kernel
+layout (EfficientNet-Lite0's statistics and moments come out to the bit: ``tests/stats/test_segments.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from calibkit.backends import load
+from calibkit.backends.onnxruntime import pieces, unpadded
+from calibkit.onnx_model import tensor_types
+
+
+@dataclass
+class Segment:
+    """Nodes ``start:stop`` of the graph as ``model``: it reads ``inputs`` (the image input or tensors of
+    earlier segments) and returns ``exposed`` (the wanted tensors it computes) and ``carried`` (what it
+    computes that a later segment or the graph's outputs read)."""
+
+    model: onnx.ModelProto | None
+    inputs: list[str]
+    exposed: list[str]
+    carried: list[str]
+    exposed_bytes: int
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def cut_points(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[int]:
+    """Node indices where a new segment starts (0 first), so that each segment's tensors of ``names``
+    (``sizes``: bytes per batch) stay within ``budget``; a node over the budget alone gets a segment of
+    its own. A graph with control flow (subgraphs read outer tensors) stays one segment."""
+    nodes = model.graph.node
+    if any(_has_subgraph(node) for node in nodes):
+        return [0]
+    wanted = set(names)
+    cuts, held = [0], 0
+    for index, node in enumerate(nodes):
+        size = sum(sizes.get(out, 0) for out in node.output if out in wanted)
+        if held and held + size > budget:
+            cuts.append(index)
+            held = 0
+        held += size
+    return cuts
+
+
+def split(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[Segment]:
+    """``model`` cut (:func:`cut_points`) into segments that together compute every tensor of ``names``."""
+    cuts = cut_points(model, names, sizes, budget)
+    nodes = list(model.graph.node)
+    bounds = list(zip(cuts, [*cuts[1:], len(nodes)]))
+    initializers = {init.name: init for init in model.graph.initializer}
+    types = {**tensor_types(model), **{i.name: i.type for i in model.graph.input}}
+    wanted = set(names)
+    read_after: list[set[str]] = [{out.name for out in model.graph.output}]  # [k]: read after segment k
+    for start, stop in reversed(bounds[1:]):
+        read_after.insert(0, read_after[0] | {name for node in nodes[start:stop] for name in node.input})
+    segments = []
+    graph_inputs = [i.name for i in model.graph.input if i.name in wanted]  # handed out by the first segment
+    for (start, stop), later in zip(bounds, read_after):
+        part = nodes[start:stop]
+        produced = [out for node in part for out in node.output if out]
+        exposed = [*(graph_inputs if start == 0 else []), *(out for out in produced if out in wanted)]
+        carried = [out for out in produced if out in later]
+        made = set(produced)
+        inputs = list(dict.fromkeys(name for node in part for name in node.input
+                                    if name and name not in made and name not in initializers))
+        read = {name for node in part for name in node.input}
+        graph = helper.make_graph(part, f"{model.graph.name}_{start}",
+                                  [onnx.ValueInfoProto(name=name, type=types[name]) for name in inputs],
+                                  [onnx.ValueInfoProto(name=name) for name in dict.fromkeys(exposed + carried)
+                                   if name not in inputs],
+                                  [initializers[name] for name in initializers if name in read])
+        piece = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+        segments.append(Segment(piece, inputs, exposed, carried, sum(sizes.get(n, 0) for n in exposed)))
+    return segments
+
+
+class SegmentedSession:
+    """One ONNX Runtime session per segment (``path`` names the model in messages), run in turn."""
+
+    def __init__(self, path: Path, segments: list[Segment], backend: str = "ort-cpu", threads: int = 0) -> None:
+        self.sessions = []
+        for segment in segments:  # each segment's graph (a share of the weights) is let go once it is loaded
+            self.sessions.append(load(Path(path), "fp32", backend, model=segment.model, threads=threads, arena=False))
+            segment.model = None
+        self.segments = segments
+        self.input_name = self.segments[0].inputs[0]
+        self.fixed_batch = self.sessions[0].fixed_batch
+        last_read: dict[str, int] = {}
+        for index, segment in enumerate(self.segments):
+            last_read.update(dict.fromkeys(segment.inputs, index))
+        # after segment k, the frontier tensors no later segment reads are let go
+        self._released = [[name for name, last in last_read.items() if last == index]
+                          for index in range(len(self.segments))]
+
+    def run(self, batch: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """Each segment's exposed tensors for ``batch``, segment by segment: a caller that folds and drops
+        them before asking for the next holds one segment's tensors at a time. A model with a fixed batch
+        size runs it chunk by chunk (the padding cut off), each chunk through every segment."""
+        for chunk, real in pieces(batch, self.fixed_batch):
+            frontier: dict[str, np.ndarray] = {self.input_name: chunk}
+            for segment, session, released in zip(self.segments, self.sessions, self._released):
+                feeds = {name: frontier[name] for name in segment.inputs}
+                values = {**feeds, **session.run_feeds(feeds, session.output_names)}
+                for name in released:
+                    del frontier[name]
+                frontier.update({name: values[name] for name in segment.carried})
+                yield unpadded({name: values[name] for name in segment.exposed}, self.fixed_batch, real)
