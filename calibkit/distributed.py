@@ -35,6 +35,7 @@ from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.progress import progress
+from calibkit.stats import MEMORY_BUDGET
 
 LOCAL = "local"
 
@@ -162,17 +163,18 @@ def _image_shard(items: Sequence[ImageItem]) -> str:
 def _statistics_task(model: ModelFile, preprocess: Preprocess, shard: tuple):
     from calibkit.stats.collect import collect_part
 
-    items, batch_size, bins, skip_bad, shard_size, moments = shard
+    items, batch_size, bins, skip_bad, shard_size, moments, memory_budget = shard
     part = collect_part(model.path(), items, preprocess, batch_size, bins, skip_bad=skip_bad, shard_size=shard_size,
-                        moments=moments)
+                        moments=moments, memory_budget=memory_budget)
     return part, moments
 
 
 def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess, batch_size: int,
                        bins: int, skip_bad: bool = False, shard_size: int = 50, moments=None,
-                       address: str = LOCAL):
+                       address: str = LOCAL, memory_budget: int = MEMORY_BUDGET):
     """:func:`calibkit.stats.collect.collect_statistics` split into Ray tasks of whole ``shard_size``-image
-    shards (see the module docstring); ``moments`` is filled as one process would fill it."""
+    shards (see the module docstring); ``moments`` is filled as one process would fill it. Each task
+    holds to ``memory_budget`` as one process does."""
     from calibkit.stats.collect import assemble
 
     started = time.perf_counter()
@@ -184,8 +186,8 @@ def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess:
         first = max(step, -(-moments.images // shard_size) * shard_size if moments is not None else 0)
         bounds = [(0, min(first, len(items)))] + [(start, min(start + step, len(items)))
                                                    for start in range(first, len(items), step)]
-        shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None)
-                  for i, (a, b) in enumerate(bounds)]
+        shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None,
+                   memory_budget) for i, (a, b) in enumerate(bounds)]
         results = run_tasks(_statistics_task, (ModelFile.of(model_path), preprocess), shards,
                             lambda i: f"statistics shard {i} ({_image_shard(shards[i][0])})",
                             f"collecting statistics ({len(shards)} Ray tasks)", [b - a for a, b in bounds])

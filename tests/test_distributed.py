@@ -34,18 +34,20 @@ def thirty_images(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+@pytest.mark.parametrize("rounding,memory_budget", [("nearest", None), ("gptq", None), ("gptq", 1 << 15)])
 def test_calibrate_on_ray_writes_the_same_bytes_as_one_process(small_model, thirty_images, tmp_path, monkeypatch,
-                                                               rounding):
+                                                               rounding, memory_budget):
     from calibkit import workflow
     from calibkit.workflow import calibration
 
     monkeypatch.setattr(calibration, "MOMENT_IMAGES", 10)  # the first task takes 10 images, the rest go 5 by 5
     options = dict(methods="minmax,mse,entropy2", samples=0, preprocess=SPEC, shard_size=5, weight_rounding=rounding,
-                   bias_correction=rounding == "gptq")
+                   bias_correction=rounding == "gptq", **({"memory_budget": memory_budget} if memory_budget else {}))
     one = workflow.calibrate(small_model, thirty_images, tmp_path / "one", **options)
     split = workflow.calibrate(small_model, thirty_images, tmp_path / "ray", ray="local", **options)
     assert split.stats.shard_images == one.stats.shard_images == [5] * 6
+    assert split.stats.segments == one.stats.segments, "each Ray task holds to the budget as one process does"
+    assert (one.stats.segments > 1) == (memory_budget is not None)
     for path in sorted((tmp_path / "one").iterdir()):
         if path.name != "timings.json":
             assert path.read_bytes() == (tmp_path / "ray" / path.name).read_bytes(), path.name

@@ -223,7 +223,8 @@ def calibrate(
                    if weight_rounding != "nearest" or bias_correction else None)
         batch = batch_size or backend_info(backend).stats_batch
         if ray:
-            stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray)
+            stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray,
+                                       memory_budget)
         else:
             stats = collect_statistics(source, chosen, spec, batch_size=batch, skip_bad=skip_bad, shard_size=shard_size,
                                        moments=moments, backend=backend, memory_budget=memory_budget)
