@@ -205,6 +205,11 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
 
 
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` holds a graph (If, Loop, Scan): its subgraphs may read outer tensors by name."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the initializers no node of ``graph`` reads (left behind by graph surgery)."""
     used = {name for node in graph.node for name in node.input}

@@ -22,7 +22,7 @@ from onnx import helper
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
-from calibkit.onnx_model import tensor_types
+from calibkit.onnx_model import has_subgraph, tensor_types
 
 # Bytes per batch of the base graph's tensors exposed for one group of suffixes, bytes of the weights
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
@@ -67,15 +67,11 @@ class Base:
                    {init.name: init.SerializeToString() for init in model.graph.initializer})
 
 
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-
-
 def suffix_of(base: Base, variant: onnx.ModelProto) -> Suffix:
     """The nodes of ``variant`` that differ from ``base`` (matched by their outputs; reading a constant
     that differs counts) and every node they feed, as a model of its own. A variant with control flow
     (subgraphs read outer tensors) stays whole."""
-    if any(_has_subgraph(node) for node in variant.graph.node):
+    if any(has_subgraph(node) for node in variant.graph.node):
         return Suffix(variant, [i.name for i in variant.graph.input], [])
     initializers = {init.name: init for init in variant.graph.initializer}
     rewritten = {name for name, init in initializers.items()

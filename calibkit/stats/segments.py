@@ -22,7 +22,7 @@ from onnx import helper
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
-from calibkit.onnx_model import tensor_types
+from calibkit.onnx_model import has_subgraph, tensor_types
 
 
 @dataclass
@@ -38,16 +38,12 @@ class Segment:
     exposed_bytes: int
 
 
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-
-
 def cut_points(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[int]:
     """Node indices where a new segment starts (0 first), so that each segment's tensors of ``names``
     (``sizes``: bytes per batch) stay within ``budget``; a node over the budget alone gets a segment of
     its own. A graph with control flow (subgraphs read outer tensors) stays one segment."""
     nodes = model.graph.node
-    if any(_has_subgraph(node) for node in nodes):
+    if any(has_subgraph(node) for node in nodes):
         return [0]
     wanted = set(names)
     cuts, held = [0], 0
