@@ -225,7 +225,10 @@ def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candid
                    else summary.get("timings", {}))  # runs before timings.json kept them in the summary
         coverage, enough = summary.get("coverage"), summary.get("sufficiency")
     rows = {f"calibration {k}": v for k, v in stats.provenance.items() if k != "preprocess"}
-    rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items()})
+    rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items() if k.endswith("_s")})
+    if "peak_rss_gb" in timings:  # timings.json also records the run's peak memory and graph segments
+        rows["calibration peak RSS (GB)"] = f"{timings['peak_rss_gb']:.2f}"
+        rows["calibration graph segments"] = str(timings["statistics_graph_segments"])
     if coverage:
         rows["calibration subset coverage"] = json.dumps(coverage)
     thresholds = {label: {name: r.amax for name, r in table.items()} for label, table in ranges.items()}

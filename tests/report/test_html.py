@@ -129,3 +129,16 @@ def test_noisy_speed_cells_get_their_own_mark_not_the_unusable_red(small_model, 
     page = (out / "again.html").read_text()
     assert page.count('<td class="noisy" title="rounds disagree') == 2 and "≈ noisy" in page
     assert 'class="bad" title="rounds disagree' not in page
+
+
+def test_calibration_provenance_keeps_seconds_apart_from_memory(small_model, image_folder, tmp_path):
+    from calibkit import workflow
+    from calibkit.data.preprocess import Preprocess
+    from calibkit.workflow.comparison import calibration_sections
+
+    run = workflow.calibrate(small_model, image_folder, tmp_path / "run", methods="minmax", samples=0,
+                             preprocess=Preprocess(size=(32, 32)))
+    _, rows = calibration_sections(run, [])
+    assert set(json.loads(rows["calibration timings (s)"])) >= {"statistics_s", "total_s"}
+    assert all(key.endswith("_s") for key in json.loads(rows["calibration timings (s)"]))
+    assert float(rows["calibration peak RSS (GB)"]) > 0 and rows["calibration graph segments"] == "1"
