@@ -97,11 +97,14 @@ def stress_rows(pages: Path, count: int, tmp: Path) -> list[tuple]:
              1.5, None)]
     compare = tmp / "stress-compare"
     wall, peak, _ = run_cli(["compare", "--model", str(model), "--images", str(folder), "--candidates",
-                             f"int8:{run},fp16", "--no-bench", "--layer-images", "0", "--no-engine-check",
-                             "--out", str(compare)])
-    floor = decode_s + fp32_s + inference_floor(run / "mse.qdq.onnx", single)
-    floor += inference_floor(compare / "model.fp16.onnx", single)
-    rows.append((f"stress detector: compare INT8 + FP16 on {count} pages", wall, floor, 2.0, peak))
+                             f"int8:{run},fp16", "--no-bench", "--no-engine-check", "--out", str(compare)])
+    passes = [fp32_s, inference_floor(run / "mse.qdq.onnx", single), inference_floor(compare / "model.fp16.onnx", single)]
+    comparison = json.loads((compare / "report.json").read_text())["comparison"]
+    layer_s, layer_images = comparison["timings"].get("layer_pass_s", 0.0), comparison["layer_images"]
+    rows.append((f"stress detector: compare INT8 + FP16 on {count} pages, without its per-layer pass", wall - layer_s,
+                 decode_s + sum(passes), 2.0, peak))
+    rows.append((f"stress detector: per-layer pass ({layer_images} pages) vs one pass of each model", layer_s,
+                 sum(passes) * layer_images / count, 2.0, None))
     return rows
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import shutil
 import tempfile
 import time
@@ -169,6 +170,20 @@ def _statistics_task(model: ModelFile, preprocess: Preprocess, shard: tuple):
     return part, moments
 
 
+def task_sizes(shards: int, tasks: int, first: int = 0) -> list[int]:
+    """Shards per task: ``shards`` over at most ``tasks`` tasks (two per CPU: a task's start, a session
+    with every activation exposed, is paid per task, not per shard), whole shards, the first task at
+    least ``first`` of them (the images whose layer inputs it accumulates), the rest as even as whole
+    shards allow and larger first: every worker ends at about the same time."""
+    first = min(first, shards)
+    tasks = max(1, min(tasks, shards))
+    if first > -(-shards // tasks):
+        rest = shards - first
+        more = min(tasks - 1, rest)
+        return [first] + ([rest // more + (i < rest % more) for i in range(more)] if more else [])
+    return [shards // tasks + (i < shards % tasks) for i in range(tasks)]
+
+
 def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess, batch_size: int,
                        bins: int, skip_bad: bool = False, shard_size: int = 50, moments=None,
                        address: str = LOCAL, memory_budget: int = MEMORY_BUDGET):
@@ -179,13 +194,10 @@ def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess:
 
     started = time.perf_counter()
     with connect(address) as ray:
-        # Two tasks per CPU of the cluster, each a whole number of shards: a task's start (a session with
-        # every activation exposed) is paid per task, not per shard.
-        shards_per_task = max(1, -(-len(items) // shard_size) // (2 * int(ray.cluster_resources().get("CPU", 1))))
-        step = shards_per_task * shard_size
-        first = max(step, -(-moments.images // shard_size) * shard_size if moments is not None else 0)
-        bounds = [(0, min(first, len(items)))] + [(start, min(start + step, len(items)))
-                                                   for start in range(first, len(items), step)]
+        first = -(-moments.images // shard_size) if moments is not None else 0
+        sizes = task_sizes(-(-len(items) // shard_size), 2 * int(ray.cluster_resources().get("CPU", 1)), first)
+        ends = [shards * shard_size for shards in itertools.accumulate(sizes)]
+        bounds = [(a, min(b, len(items))) for a, b in zip([0, *ends[:-1]], ends)]
         shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None,
                    memory_budget) for i, (a, b) in enumerate(bounds)]
         results = run_tasks(_statistics_task, (ModelFile.of(model_path), preprocess), shards,
@@ -205,11 +217,11 @@ def _compare_task(reference: ModelFile, models: Mapping[str, ModelFile], candida
     return compare_part(reference.path(), local, items, preprocess, task, batch_size, skip_bad)
 
 
-def _layer_task(reference: ModelFile, models: Mapping[str, ModelFile], candidates, preprocess, plan, items):
+def _layer_task(reference: ModelFile, models: Mapping[str, ModelFile], candidates, preprocess, plan, deadline, items):
     from calibkit.compare.layers import layer_drift
 
     local = {c.name: _with_local_models(c, models).drift_model for c in candidates if c.drift_model is not None}
-    return layer_drift(reference.path(), local, items, preprocess, plan)
+    return layer_drift(reference.path(), local, items, preprocess, plan, deadline=deadline)
 
 
 def _with_local_models(candidate, models: Mapping[str, ModelFile]):
@@ -224,17 +236,18 @@ def _with_local_models(candidate, models: Mapping[str, ModelFile]):
 
 def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[ImageItem], preprocess: Preprocess,
                        task, batch_size: int = 8, skip_bad: bool = False, layer_images: int | None = None,
-                       backend: str = "ort-cpu", address: str = LOCAL) -> dict:
+                       backend: str = "ort-cpu", address: str = LOCAL, layer_seconds: float | None = None,
+                       before_layers=None) -> dict:
     """:func:`calibkit.compare.run.compare_models` split into Ray tasks of :data:`COMPARE_SHARD` images,
-    then the per-layer pass in tasks of :data:`LAYER_SHARD` images; the parts merged in image order."""
-    from calibkit.compare.run import LAYER_IMAGES, comparison_document, layer_plan
+    then (the finished comparison handed to ``before_layers`` first) the per-layer pass in tasks of
+    :data:`LAYER_SHARD` images; the parts merged in image order."""
+    from calibkit.compare.run import LAYER_IMAGES, comparison_document, deadline, layer_plan, with_layers
 
     _, plan, layer_images = layer_plan(reference, candidates, items, preprocess,
                                        LAYER_IMAGES if layer_images is None else layer_images)
     paths = {str(p) for c in candidates for p in (c.model, c.drift_model, c.speed_model) if p is not None}
     models = {path: ModelFile.of(Path(path)) for path in paths}
     shared = (ModelFile.of(reference), models, list(candidates), preprocess)
-    timings = {}
     with connect(address):
         started = time.perf_counter()
         shards = [(list(items[i:i + COMPARE_SHARD]), batch_size, skip_bad) for i in range(0, len(items), COMPARE_SHARD)]
@@ -245,23 +258,26 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
         merged = parts[0]
         for part in parts[1:]:
             merged.merge(part)
-        timings["outputs_pass_s"] = time.perf_counter() - started
+        timings = {"outputs_pass_s": time.perf_counter() - started}
+        chosen = merged.kept[:layer_images]
+        document = comparison_document(reference, candidates, merged, {}, 0, preprocess, task, backend, timings,
+                                       layers_pending=len(chosen))
+        if not chosen:
+            return document
+        if before_layers is not None:
+            before_layers(document)
         started = time.perf_counter()
-        layers: dict = {}
-        layer_images = min(layer_images, len(merged.kept))
-        if layer_images:
-            chosen = merged.kept[:layer_images]
-            groups = [chosen[i:i + LAYER_SHARD] for i in range(0, len(chosen), LAYER_SHARD)]
-            found = run_tasks(_layer_task, (*shared, plan), groups,
-                              lambda i: f"per-layer shard {i} ({_image_shard(groups[i])})",
-                              f"per-layer drift ({len(groups)} Ray tasks)", [len(g) for g in groups])
-            layers = found[0]
-            for more in found[1:]:
-                for name, drifts in more.items():
-                    for drift, other in zip(layers[name], drifts):
-                        drift.merge(other)
-        timings["layer_pass_s"] = time.perf_counter() - started
-    return comparison_document(reference, candidates, merged, layers, layer_images, preprocess, task, backend, timings)
+        groups = [chosen[i:i + LAYER_SHARD] for i in range(0, len(chosen), LAYER_SHARD)]
+        found = run_tasks(_layer_task, (*shared, plan, deadline(layer_seconds)), groups,
+                          lambda i: f"per-layer shard {i} ({_image_shard(groups[i])})",
+                          f"per-layer drift ({len(groups)} Ray tasks)", [len(g) for g in groups])
+    layers, done = found[0]
+    for more, images in found[1:]:
+        done += images
+        for name, drifts in more.items():
+            for drift, other in zip(layers[name], drifts):
+                drift.merge(other)
+    return with_layers(document, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
 
 
 def _sensitivity_task(model: ModelFile, ranges, cache, task, weights, exclude, nodes):

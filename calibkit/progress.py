@@ -33,6 +33,18 @@ def progress(total: int, desc: str, unit: str = "img") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=not bars_shown(), dynamic_ncols=True, leave=False)
 
 
+def log(message: str) -> None:
+    """``calibkit: message`` on stderr, above any bar, unless quiet: a long stage announcing itself."""
+    if os.environ.get(QUIET_ENV) != "1":
+        tqdm.write(f"calibkit: {message}", file=sys.stderr)
+
+
+def log_line(message: str) -> None:
+    """:func:`log` where no bar shows (stderr a file or a pipe): the progress of a slow stage in a log."""
+    if not bars_shown():
+        log(message)
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the CLI: ``calibkit: warning: ...`` on its own line, above any progress bar."""
     tqdm.write(f"calibkit: warning: {message}", file=sys.stderr)

@@ -75,13 +75,16 @@ class Builder:
         return self.conv(self.op("Concat", parts, axis=1), cout + depth * half, cout)
 
 
-def build(seed: int = 0) -> onnx.ModelProto:
+def build(seed: int = 0, size: int = SIZE, widths: tuple[int, ...] = WIDTHS,
+          depths: tuple[int, ...] = DEPTHS) -> onnx.ModelProto:
+    """The detector at ``size`` px (a multiple of 32) with ``widths`` channels and ``depths`` bottlenecks
+    per stage (the tests build a narrow, small one of the same architecture)."""
     g = Builder(seed)
-    x = g.conv("images", 3, WIDTHS[0], 3, 2)
+    x = g.conv("images", 3, widths[0], 3, 2)
     features = []
-    for i in range(1, len(WIDTHS)):
-        x = g.c2f(g.conv(x, WIDTHS[i - 1], WIDTHS[i], 3, 2), WIDTHS[i], WIDTHS[i], DEPTHS[i])
-        features.append((x, WIDTHS[i]))
+    for i in range(1, len(widths)):
+        x = g.c2f(g.conv(x, widths[i - 1], widths[i], 3, 2), widths[i], widths[i], depths[i])
+        features.append((x, widths[i]))
     (p3, c3), (p4, c4), (p5, c5) = features[1:]
     scale = g.constant("upsample.scales", [1.0, 1.0, 2.0, 2.0], np.float32)
     up = g.op("Resize", [p5, "", scale], mode="nearest")
@@ -94,14 +97,14 @@ def build(seed: int = 0) -> onnx.ModelProto:
     for level, (feature, width) in enumerate(((n3, c3), (d4, c4), (d5, c5))):
         box = g.conv(g.conv(g.conv(feature, width, 64, 3), 64, 64, 3), 64, 4, act=False)
         cls = g.conv(g.conv(g.conv(feature, width, 160, 3), 160, 160, 3), 160, CLASSES, act=False)
-        side = SIZE // (8 << level)
+        side = size // (8 << level)
         flat = g.constant(f"head.{level}.shape", [1, 4 + CLASSES, side * side])
         heads.append(g.op("Reshape", [g.op("Concat", [box, g.op("Sigmoid", [cls])], axis=1), flat]))
     g.nodes.append(helper.make_node("Concat", heads, ["output0"], name="/model.head/Concat", axis=2))
-    anchors = sum((SIZE // s) ** 2 for s in (8, 16, 32))
+    anchors = sum((size // s) ** 2 for s in (8, 16, 32))
     graph = helper.make_graph(
         g.nodes, "stress_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + CLASSES, anchors])], g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="calibkit-stress")
     model.ir_version = 8

@@ -71,6 +71,7 @@ def test_quantize_refuses_a_folder_as_out_a_missing_model_and_an_empty_ranges_fi
     (["--task", "detection"], "fit none of the known heads"),
     (["--task-opt", "bogus=1"], "unknown --task-opt bogus"),
     (["--accuracy-budget", "-1"], "must be 0 or more"),
+    (["--layer-seconds", "0"], "--layer-seconds"),
 ])
 def test_calibrate_compare_checks_every_option_before_any_work(small_model, image_folder, tmp_path, bad, fragment):
     out = tmp_path / "run"

@@ -137,3 +137,14 @@ def test_ray_with_a_gpu_backend_is_refused_before_any_work(small_model, thirty_i
                          "--ray", "--backend", "ort-cuda")
         assert_one_line_error(result, "--ray runs its tasks on CPU workers", "drop --backend or --ray")
         assert not (tmp_path / "cmp").exists() and not list((tmp_path / "run").glob("*"))
+
+
+def test_shards_are_spread_over_tasks_evenly_larger_first_with_the_moment_images_in_the_first():
+    assert distributed.task_sizes(40, 16) == [3] * 8 + [2] * 8, "each of 8 workers gets a 3 and a 2"
+    assert distributed.task_sizes(40, 16, first=10) == [10] + [2] * 15
+    assert distributed.task_sizes(3, 16) == [1, 1, 1], "never more tasks than shards"
+    assert distributed.task_sizes(5, 4, first=5) == [5]
+    for shards, tasks, first in ((41, 16, 0), (7, 4, 3), (100, 6, 1)):
+        sizes = distributed.task_sizes(shards, tasks, first)
+        assert sum(sizes) == shards and len(sizes) <= tasks and sizes[0] >= first
+        assert sizes[1:] == sorted(sizes[1:], reverse=True) and max(sizes[1:]) - min(sizes[1:]) <= 1

@@ -208,7 +208,7 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
         args.model, items, spec, candidates, report, _task(args, spec, items), _fail_on(args), args.unusable_if,
         args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
         run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
-        engines, args.layer_images,
+        engines, args.layer_images, args.layer_seconds,
     )
     _summarise(result, report)
     return _gate(result)

@@ -310,6 +310,11 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--layer-images", type=_non_negative_int,
                        help="images for the per-layer drift pass, 0 to skip it (default: 50, fewer for large "
                             "activations)")
+    group.add_argument("--no-layers", dest="layer_images", action="store_const", const=0,
+                       help="skip the per-layer drift pass (same as --layer-images 0)")
+    group.add_argument("--layer-seconds", type=_positive_float,
+                       help="time budget of a separate per-layer drift pass: no image starts after it (at least one "
+                            "runs; the report says how many did)")
     group.add_argument("--sensitivity-images", type=_positive_int, default=100,
                        help="images for the sensitivity ranking")
     group.add_argument("--budget-metric", default="auto",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -13,16 +14,21 @@ from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
+from calibkit.memory import trim_heap
 from calibkit.onnx_model import activation_bytes, constant_values, float_activations, load_model
-from calibkit.progress import progress
+from calibkit.progress import log, log_line, progress
+from calibkit.stats.segments import SegmentedSession, split, split_like
 
 try:
     from calibkit.compare import _drift
 except ImportError:  # built without a C compiler: candidate_sums falls back to NumPy (same sums to float rounding)
     _drift = None
 
-# Bytes per image of exposed tensors (reference plus candidates) held at once in the per-layer pass.
+# Bytes per image of exposed tensors (reference plus candidates) up to which the per-layer drift is taken
+# inside the comparison's own pass.
 LAYER_GROUP_BYTES = 256 << 20
+# Bytes per image of exposed tensors (reference plus candidates) of one graph segment of the separate pass.
+LAYER_SEGMENT_BYTES = 512 << 20
 # Bytes of exposed tensors the per-layer pass may read over all its images: large models get fewer
 # images (at least MIN_LAYER_IMAGES) instead of a pass many times longer than the comparison itself.
 LAYER_TRAFFIC_BYTES = 48 << 30
@@ -130,20 +136,6 @@ def reference_sums_of(reference: np.ndarray) -> tuple[float, float]:
     return float(np.dot(ref, ref)), max(float(ref.max()), -float(ref.min()), 0.0)
 
 
-def group_by_bytes(sizes: Mapping[str, int], budget: int) -> list[list[str]]:
-    """Consecutive tensors packed into groups whose bytes per image stay within ``budget`` (a tensor
-    larger than the budget gets a group of its own)."""
-    groups: list[list[str]] = []
-    used = budget + 1
-    for name, size in sizes.items():
-        if used + size > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(name)
-        used += size
-    return groups
-
-
 @dataclass
 class LayerPlan:
     """Which reference activations each candidate's drift model shares (in reference order), and the
@@ -233,32 +225,71 @@ def layer_drift(
     preprocess: Preprocess,
     plan: LayerPlan,
     skip_bad: bool = False,
-    budget_bytes: int = LAYER_GROUP_BYTES,
-) -> dict[str, list[LayerDrift]]:
-    """SQNR, cosine and error of every activation the reference shares with each candidate's drift model.
+    budget_bytes: int = LAYER_SEGMENT_BYTES,
+    deadline: float | None = None,
+) -> tuple[dict[str, list[LayerDrift]], int]:
+    """SQNR, cosine and error of every activation the reference shares with each candidate's drift model,
+    and how many of ``items`` it took (``plan.images`` sizes them).
 
-    Images run one at a time; tensors are exposed in groups of at most ``budget_bytes`` per image
-    (summed over the reference and the candidates), so memory stays bounded for large inputs. With
-    more than one group, the images are decoded once per group. ``plan.images`` sizes ``items``.
+    Every model runs once per image, in graph segments (:mod:`calibkit.stats.segments`) whose exposed
+    tensors, summed over the reference and the candidates, stay within ``budget_bytes``: the candidates'
+    graphs are cut to mirror the reference's, so each segment's tensors are scored and let go before the
+    next segment runs. After ``deadline`` (``time.time()``) no further image starts; one always runs.
     """
-    shared = plan.shared
-    drifts = {name: {t: LayerDrift(t) for t in names} for name, names in shared.items()}
+    drifts = {name: {t: LayerDrift(t) for t in names if t in plan.sizes} for name, names in plan.shared.items()}
     if not plan.sizes or not items:
-        return {name: list(d.values()) for name, d in drifts.items()}
-    groups = group_by_bytes(plan.sizes, budget_bytes)
-    bar = progress(len(groups) * len(items), f"per-layer drift ({len(groups)} tensor group(s))")
-    for group in groups:
-        in_group = set(group)
-        ref_session = load(reference, "fp32", "ort-cpu", expose=group, arena=False, spinning=False)
-        exposed = {name: [t for t in names if t in in_group] for name, names in shared.items()}
-        sessions = {name: load(drift_models[name], "fp32", "ort-cpu", expose=exposed[name], arena=False,
-                                     spinning=False, qdq_as_written=True) for name in shared if exposed[name]}
+        return {name: list(d.values()) for name, d in drifts.items()}, 0
+    trim_heap()  # what the comparison's sessions left in the C heap goes back before these load
+    segments = split(load_model(reference), list(plan.sizes), plan.sizes, budget_bytes)
+    groups = [segment.exposed for segment in segments]
+    ref_session = SegmentedSession(reference, segments, spinning=False)
+    sessions = {}
+    for name, path in drift_models.items():
+        if drifts[name]:
+            trim_heap()  # the last graph's copies, let go as its segments loaded
+            sessions[name] = SegmentedSession(path, split_like(load_model(path), list(drifts[name]), groups),
+                                              spinning=False, qdq_as_written=True)
+    trim_heap()
+    log(f"per-layer drift: {len(items)} image(s), {len(plan.sizes)} tensors in {len(segments)} graph segment(s), "
+        f"every model run once per image")
+    done, started = 0, time.perf_counter()
+    with progress(len(items), f"per-layer drift ({len(segments)} graph segment(s))") as bar:
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):
-            ref_out = ref_session.run(batch.array, group)
-            sums = {tensor: reference_sums_of(value) for tensor, value in ref_out.items()}
-            for name, session in sessions.items():
-                for tensor, value in session.run(batch.array, exposed[name]).items():
-                    drifts[name][tensor].update(ref_out[tensor], value, sums[tensor])
+            if done and deadline is not None and time.time() > deadline:
+                break
+            _fold_image(batch.array, ref_session, sessions, drifts)
+            trim_heap()
+            done += 1
             bar.update(1)
-    bar.close()
-    return {name: list(d.values()) for name, d in drifts.items()}
+            log_line(f"per-layer drift: image {done} of {len(items)} done ({time.perf_counter() - started:.0f} s)")
+    return {name: list(d.values()) for name, d in drifts.items()}, done
+
+
+def _fold_image(image: np.ndarray, reference: SegmentedSession, sessions: Mapping[str, SegmentedSession],
+                drifts: Mapping[str, Mapping[str, LayerDrift]]) -> None:
+    """One image through the reference's segments, each candidate advanced until it has produced what the
+    reference segment just produced; a tensor is scored as soon as both sides have it, then let go."""
+    streams = {name: session.run(image) for name, session in sessions.items()}
+    waiting: dict[str, dict] = {name: {} for name in sessions}  # reference tensors whose candidate side is not out
+    early: dict[str, dict] = {name: {} for name in sessions}  # candidate tensors whose reference side is not out
+    for ref_values in reference.run(image):
+        sums = {tensor: reference_sums_of(value) for tensor, value in ref_values.items()}
+        for name, stream in streams.items():
+            waiting[name].update({t: (v, sums[t]) for t, v in ref_values.items() if t in drifts[name]})
+            _score(waiting[name], early[name], drifts[name])
+            while waiting[name] and stream is not None:
+                values = next(stream, None)
+                if values is None:
+                    streams[name] = stream = None
+                    break
+                early[name].update(values)
+                _score(waiting[name], early[name], drifts[name])
+    for stream in streams.values():
+        for _ in stream or ():
+            pass
+
+
+def _score(waiting: dict, early: dict, drifts: Mapping[str, LayerDrift]) -> None:
+    for tensor in [t for t in waiting if t in early]:
+        value, sums = waiting.pop(tensor)
+        drifts[tensor].update(value, early.pop(tensor), sums)

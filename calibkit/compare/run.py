@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -101,14 +102,18 @@ def compare_models(
     skip_bad: bool = False,
     layer_images: int = LAYER_IMAGES,
     backend: str = "ort-cpu",
+    layer_seconds: float | None = None,
+    before_layers: Callable[[dict], None] | None = None,
 ) -> dict:
     """Task metrics and per-output drift on every image; per-layer drift on the first ``layer_images``
     (fewer for models whose activations are large: see ``LayerPlan.images``).
 
     Where a whole batch's exposed tensors fit the per-layer memory budget, the per-layer drift is taken in
-    the same pass (:class:`~calibkit.compare.layers.InlineLayerDrift`); otherwise a second pass runs
-    one image at a time in tensor groups. ``layer_images=0`` skips it. The models run on ``backend``;
-    the per-layer drift, which exposes every tensor, always runs on the CPU.
+    the same pass (:class:`~calibkit.compare.layers.InlineLayerDrift`); otherwise a second pass runs every
+    model once per image in graph segments (:func:`~calibkit.compare.layers.layer_drift`), handing the
+    finished comparison to ``before_layers`` first and starting no image after ``layer_seconds``.
+    ``layer_images=0`` skips it. The models run on ``backend``; the per-layer drift, which exposes every
+    tensor, always runs on the CPU.
     """
     drift_models, plan, layer_images = layer_plan(reference, candidates, items, preprocess, layer_images)
     info = backend_info(backend)
@@ -117,13 +122,38 @@ def compare_models(
     started = time.perf_counter()
     part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)
     timings = {"outputs_pass_s": time.perf_counter() - started}
+    if part.layers or not layer_images:
+        return comparison_document(reference, candidates, part, part.layers, part.layer_images, preprocess, task,
+                                   backend, timings)
+    chosen = part.kept[:layer_images]
+    document = comparison_document(reference, candidates, part, {}, 0, preprocess, task, backend, timings,
+                                   layers_pending=len(chosen))
+    if before_layers is not None:
+        before_layers(document)
     started = time.perf_counter()
-    layers, layer_images = part.layers, (part.layer_images if part.layers else layer_images)
-    if layer_images and not layers:
-        layer_images = min(layer_images, len(part.kept))
-        layers = layer_drift(reference, drift_models, part.kept[:layer_images], preprocess, plan)
-    timings["layer_pass_s"] = time.perf_counter() - started
-    return comparison_document(reference, candidates, part, layers, layer_images, preprocess, task, backend, timings)
+    layers, done = layer_drift(reference, drift_models, chosen, preprocess, plan, deadline=deadline(layer_seconds))
+    return with_layers(document, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
+
+
+def deadline(seconds: float | None) -> float | None:
+    """The ``time.time()`` after which the per-layer pass starts no further image."""
+    return None if seconds is None else time.time() + seconds
+
+
+def with_layers(document: dict, layers: Mapping[str, list[LayerDrift]], done: int, planned: int,
+                seconds: float | None, elapsed: float) -> dict:
+    """``document`` with the separate per-layer pass's drift, saying (and warning) when the time budget
+    stopped it before its ``planned`` images."""
+    for candidate in document["candidates"]:
+        candidate["layers"] = [d.to_dict() for d in layers.get(candidate["name"], [])]
+    document.pop("layers_pending", None)
+    document["layer_images"] = done
+    document["timings"]["layer_pass_s"] = elapsed
+    if done < planned:
+        document["layer_note"] = (f"the per-layer pass stopped at its {seconds:g} s time budget (--layer-seconds) "
+                                  f"after {done} of {planned} images")
+        warnings.warn(document["layer_note"], stacklevel=2)
+    return document
 
 
 def layer_plan(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
@@ -180,8 +210,9 @@ def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequen
 
 def comparison_document(reference: Path, candidates: Sequence[Candidate], part: ComparePart,
                         layers: Mapping[str, list[LayerDrift]], layer_images: int, preprocess: Preprocess, task: Task,
-                        backend: str, timings: dict) -> dict:
-    """The comparison's JSON document from a (merged) pass and the per-layer drift."""
+                        backend: str, timings: dict, layers_pending: int = 0) -> dict:
+    """The comparison's JSON document from a (merged) pass and the per-layer drift; ``layers_pending``
+    images still to come from a separate per-layer pass (:func:`with_layers` adds them)."""
     absolute_keys = [m.key for m in task.metrics if not m.versus_fp32]
     label_keys = [m.key for m in task.metrics if m.labels]
     reference_metrics = part.reference_scorer.result()
@@ -214,4 +245,5 @@ def comparison_document(reference: Path, candidates: Sequence[Candidate], part: 
         "candidates": results,
         "timings": timings,
         "backend": backend,
+        **({"layers_pending": layers_pending} if layers_pending else {}),
     }

@@ -182,7 +182,7 @@ def write_report(
                       else f"{backend.label} on {cpu_name()}, {usable_cpus()} CPUs usable"),
         drift_charts=_drift_charts(comparison["candidates"], colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
-        layer_images=comparison.get("layer_images", comparison["images"]),
+        layer_status=layer_status(comparison),
         sensitivity=comparison.get("sensitivity"),
         engine=comparison.get("engine"),
         engine_drift={c["name"]: {l["tensor"]: l["sqnr_db"] for l in c["layers"] if math.isfinite(l["sqnr_db"])}
@@ -198,6 +198,18 @@ def write_report(
     write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
+
+
+def layer_status(comparison: Mapping) -> str:
+    """What the report says of its per-layer drift: on how many images, still to come, stopped, or none."""
+    if comparison.get("layers_pending"):
+        return (f"per-layer drift on {comparison['layers_pending']} images still running (this report is written "
+                "again when it finishes)")
+    images = comparison.get("layer_images", comparison["images"])
+    if not images:
+        return "no per-layer drift"
+    note = comparison.get("layer_note")
+    return f"per-layer drift on the first {images}" + (f" ({note})" if note else "")
 
 
 def _drift_charts(candidates: Sequence[Mapping], colours: Mapping[str, str]) -> list[dict]:

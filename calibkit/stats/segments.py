@@ -56,10 +56,12 @@ def cut_points(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str,
     return cuts
 
 
-def split(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[Segment]:
-    """``model`` cut (:func:`cut_points`) into segments that together compute every tensor of ``names``."""
-    cuts = cut_points(model, names, sizes, budget)
-    nodes = list(model.graph.node)
+def split(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int], budget: int,
+          order: Sequence[int] | None = None, cuts: Sequence[int] | None = None) -> list[Segment]:
+    """``model`` cut into segments that together compute every tensor of ``names``: at :func:`cut_points`,
+    or at ``cuts`` of its nodes taken in ``order`` (a topological order of node indices)."""
+    cuts = cut_points(model, names, sizes, budget) if cuts is None else list(cuts)
+    nodes = list(model.graph.node) if order is None else [model.graph.node[i] for i in order]
     bounds = list(zip(cuts, [*cuts[1:], len(nodes)]))
     initializers = {init.name: init for init in model.graph.initializer}
     types = {**tensor_types(model), **{i.name: i.type for i in model.graph.input}}
@@ -88,13 +90,40 @@ def split(model: onnx.ModelProto, names: Sequence[str], sizes: Mapping[str, int]
     return segments
 
 
+def split_like(model: onnx.ModelProto, names: Sequence[str], groups: Sequence[Sequence[str]]) -> list[Segment]:
+    """``model`` cut so that its k-th segment computes what it has of ``groups[k]`` (the tensors another
+    graph's k-th segment exposes) and the nodes those need; what no group needs runs last. Run in step
+    with the other graph, each segment hands out the tensors that graph's segment has just handed out:
+    a Q/DQ candidate's float tensors keep the reference's names, so its segments mirror the reference's."""
+    nodes = model.graph.node
+    if any(has_subgraph(node) for node in nodes):
+        return split(model, names, {}, 0)
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
+    segment_of: dict[int, int] = {}
+    wanted = set(names)
+    for k, group in enumerate(groups):
+        stack = [producer[t] for t in group if t in wanted and t in producer]
+        while stack:
+            index = stack.pop()
+            if index in segment_of:
+                continue
+            segment_of[index] = k
+            stack.extend(producer[name] for name in nodes[index].input if name in producer)
+    order = sorted(range(len(nodes)), key=lambda i: (segment_of.get(i, len(groups)), i))
+    starts = [segment_of.get(i, len(groups)) for i in order]
+    cuts = [0] + [position for position in range(1, len(order)) if starts[position] != starts[position - 1]]
+    return split(model, names, {}, 0, order=order, cuts=cuts)
+
+
 class SegmentedSession:
     """One ONNX Runtime session per segment (``path`` names the model in messages), run in turn."""
 
-    def __init__(self, path: Path, segments: list[Segment], backend: str = "ort-cpu", threads: int = 0) -> None:
+    def __init__(self, path: Path, segments: list[Segment], backend: str = "ort-cpu", threads: int = 0,
+                 **options) -> None:
         self.sessions = []
         for segment in segments:  # each segment's graph (a share of the weights) is let go once it is loaded
-            self.sessions.append(load(Path(path), "fp32", backend, model=segment.model, threads=threads, arena=False))
+            self.sessions.append(load(Path(path), "fp32", backend, model=segment.model, threads=threads, arena=False,
+                                      **options))
             segment.model = None
         self.segments = segments
         self.input_name = self.segments[0].inputs[0]
@@ -118,4 +147,7 @@ class SegmentedSession:
                 for name in released:
                     del frontier[name]
                 frontier.update({name: values[name] for name in segment.carried})
-                yield unpadded({name: values[name] for name in segment.exposed}, self.fixed_batch, real)
+                exposed = unpadded({name: values[name] for name in segment.exposed}, self.fixed_batch, real)
+                del values, feeds  # while the next segment runs, only the caller decides what stays alive
+                yield exposed
+                del exposed

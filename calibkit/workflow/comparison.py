@@ -22,7 +22,7 @@ from calibkit.errors import CalibkitError
 from calibkit.memory import peak_rss_gb, trim_heap
 from calibkit.notices import merge, recording, warned_so_far
 from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata, model_outputs
-from calibkit.progress import progress
+from calibkit.progress import log, progress
 from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY, TIMINGS
 from calibkit.samplers.registry import sample
@@ -105,34 +105,35 @@ def compare_and_report(
     ray: str | None = None,
     engines: EngineSettings | None = None,
     layer_images: int | None = None,
+    layer_seconds: float | None = None,
 ) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
-    failed benchmark never discards a finished comparison. Every model runs and is timed on ``backend``.
+    failed benchmark never discards a finished comparison, and a separate per-layer pass starts only once
+    the comparison is written. Every model runs and is timed on ``backend``.
     With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
     model (:func:`engine_check`). ``layer_images`` caps the per-layer drift pass (0 skips it; ``None``: the
-    default, :data:`calibkit.compare.run.LAYER_IMAGES`). Returns the JSON document."""
+    default, :data:`calibkit.compare.run.LAYER_IMAGES`) and ``layer_seconds`` its time. Returns the JSON
+    document."""
     from calibkit.compare.run import compare_models
-    from calibkit.compare.verdict import degraded_rules, judge, recommendation, rules_for
+    from calibkit.compare.verdict import rules_for
     from calibkit.distributed import sharded_comparison
-    from calibkit.report.html import write_report
 
     require(backend)
     check_backend(ray, backend)
-    unusable_rules, gate_rules = rules_for(task, fail_on, unusable_if)
+    rules = rules_for(task, fail_on, unusable_if)
     if accuracy_budget is not None:
         task.check_budget_metric(budget_metric)
+    extras, provenance = report_sections(model, items, preprocess, task, run, candidates)
+    publish = Publisher(report, task, calibration_warnings(run, candidates), provenance, extras)
     compare = partial(sharded_comparison, address=ray) if ray else compare_models
     layers = {} if layer_images is None else {"layer_images": layer_images}
-    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend, **layers)
+    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend,
+                         layer_seconds=layer_seconds, before_layers=lambda doc: publish(judged(doc, task, rules, note)),
+                         **layers)
+    judged(comparison, task, rules, note)
     trim_heap()
-    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
-                           "degraded_if": [str(r) for r in degraded_rules(task)]}
-    for c in comparison["candidates"]:
-        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules, degraded_rules(task))
-    if note:
-        comparison["note"] = note
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
     if accuracy_budget is not None:
         started = time.perf_counter()
@@ -144,56 +145,103 @@ def compare_and_report(
             models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
         trim_heap()
     if engines is not None:
-        started = time.perf_counter()
-        built = list(candidates)
-        if comparison.get("sensitivity", {}).get("budget", {}).get("models"):
-            mixed = comparison["sensitivity"]
-            built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
-                                   calibrator=f"{mixed['calibrator']}.mixed"))
-        comparison["engine"] = engine_check(model, built, preprocess, engines, Path(report).parent)
-        comparison["engine"]["kept_float_for_tensorrt"] = sorted({
-            node for c in candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
-            for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
-                "kept float for TensorRT", [])})
-        comparison["timings"]["engine_check_s"] = time.perf_counter() - started
+        add_engine_check(comparison, model, candidates, preprocess, engines, Path(report).parent)
+        engine = comparison["engine"]
+        provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
+    publish(comparison)
+    speed: list[dict] = []
+    if batch_sizes:
+        try:
+            speed = add_speed(comparison, models, model, preprocess, batch_sizes, backend)
+        except CalibkitError as exc:
+            comparison["speed_error"] = str(exc)
+            warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
+        publish(comparison, speed)
+    return {"comparison": comparison, "speed": speed}
+
+
+def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict:
+    """``comparison`` with its rules and each candidate's verdict (``rules``: :func:`rules_for`), and ``note``."""
+    from calibkit.compare.verdict import degraded_rules, judge
+
+    unusable_rules, gate_rules = rules
+    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
+                           "degraded_if": [str(r) for r in degraded_rules(task)]}
+    for c in comparison["candidates"]:
+        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules, degraded_rules(task))
+    if note:
+        comparison["note"] = note
+    return comparison
+
+
+class Publisher:
+    """Writes the report (HTML and JSON) as the comparison grows: each time with every warning so far, the
+    recommendation and the peak memory of the command up to then."""
+
+    def __init__(self, report: Path, task: Task, earlier_warnings: Sequence[str], provenance: dict,
+                 extras: dict) -> None:
+        self.report, self.task, self.earlier = report, task, list(earlier_warnings)
+        self.provenance, self.extras = provenance, extras
+
+    def __call__(self, comparison: dict, speed: Sequence[dict] = ()) -> None:
+        from calibkit.compare.verdict import recommendation
+        from calibkit.report.html import write_report
+
+        self.provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
+        comparison["warnings"] = merge(list(self.earlier), warned_so_far())
+        comparison["recommendation"] = recommendation(self.task, comparison["candidates"], speed)
+        write_report(self.report, comparison, list(speed), provenance=dict(self.provenance), **self.extras)
+        if comparison.get("layers_pending"):
+            log(f"comparison written to {self.report}; the per-layer drift follows")
+
+
+def report_sections(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
+                    run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:
+    """The report's calibration sections and its provenance rows (model, task, calibration, environment)."""
     provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
                   "task": task.name, "task settings": json.dumps(task.settings),
                   "preprocess": json.dumps(preprocess.to_dict())}
     extras, calibration_rows = calibration_sections(run, candidates)
     provenance.update(calibration_rows)
     provenance.update(environment([item.path for item in items]))
-    if comparison.get("engine"):
-        engine = comparison["engine"]
-        provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
-    provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
-    earlier = calibration_warnings(run, candidates)
-    comparison["warnings"] = merge(list(earlier), warned_so_far())
-    comparison["recommendation"] = recommendation(task, comparison["candidates"])
-    write_report(report, comparison, [], provenance=provenance, **extras)
-    speed: list[dict] = []
-    if batch_sizes:
-        try:
-            started = time.perf_counter()
-            speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
-            comparison["timings"]["bench_s"] = time.perf_counter() - started
-            started = time.perf_counter()
-            profiling = backend_info(backend).profiling
-            if profiling == "ops":
-                comparison["profiles"] = op_profiles(models, input_shape(preprocess))
-            elif profiling == "placement":
-                comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
-            elif profiling == "layers":
-                from calibkit.bench.profile import engine_layer_times
+    return extras, provenance
 
-                comparison["layer_times"] = engine_layer_times(models, input_shape(preprocess), backend)
-            comparison["timings"]["profile_s"] = time.perf_counter() - started
-        except CalibkitError as exc:
-            comparison["speed_error"] = str(exc)
-            warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
-        comparison["warnings"] = merge(list(earlier), warned_so_far())
-        comparison["recommendation"] = recommendation(task, comparison["candidates"], speed)
-        write_report(report, comparison, speed, provenance=provenance, **extras)
-    return {"comparison": comparison, "speed": speed}
+
+def add_engine_check(comparison: dict, model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,
+                     engines: EngineSettings, out: Path) -> None:
+    """What TensorRT-RTX builds of every model, the budget's mixed model included, into ``comparison``."""
+    started = time.perf_counter()
+    built = list(candidates)
+    if comparison.get("sensitivity", {}).get("budget", {}).get("models"):
+        mixed = comparison["sensitivity"]
+        built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
+                               calibrator=f"{mixed['calibrator']}.mixed"))
+    comparison["engine"] = engine_check(model, built, preprocess, engines, out)
+    comparison["engine"]["kept_float_for_tensorrt"] = sorted({
+        node for c in candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
+        for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
+            "kept float for TensorRT", [])})
+    comparison["timings"]["engine_check_s"] = time.perf_counter() - started
+
+
+def add_speed(comparison: dict, models: Sequence[tuple[str, str, Path]], model: Path, preprocess: Preprocess,
+              batch_sizes: Sequence[int], backend: str) -> list[dict]:
+    """Time every model side by side, and add the backend's profile of where the time goes."""
+    started = time.perf_counter()
+    speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
+    comparison["timings"]["bench_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    profiling = backend_info(backend).profiling
+    if profiling == "ops":
+        comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+    elif profiling == "placement":
+        comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
+    elif profiling == "layers":
+        from calibkit.bench.profile import engine_layer_times
+
+        comparison["layer_times"] = engine_layer_times(models, input_shape(preprocess), backend)
+    comparison["timings"]["profile_s"] = time.perf_counter() - started
+    return speed
 
 
 def calibration_warnings(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> list[str]:

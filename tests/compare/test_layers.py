@@ -52,3 +52,88 @@ def test_c_kernel_and_numpy_path_give_the_same_sums(monkeypatch):
     assert c_sums[:3] == pytest.approx(numpy_sums[:3], rel=1e-5)
     r64, c64 = ref.astype(np.float64), np.where(np.isfinite(cand), cand, 0).astype(np.float64)
     assert c_sums[:3] == pytest.approx((((c64 - r64) ** 2).sum(), (r64 * c64).sum(), (c64**2).sum()), rel=1e-9)
+
+
+def _quantized_small_model(small_model, items, tmp_path, spec):
+    from calibkit.artifacts.qdq import export_qdq
+    from calibkit.calib.registry import compute_ranges, get_calibrator
+    from calibkit.stats.collect import collect_statistics
+
+    ranges = compute_ranges(collect_statistics(small_model, items, spec, batch_size=4).tensors, get_calibrator("minmax"))
+    return export_qdq(small_model, ranges, tmp_path / "q.onnx")
+
+
+def test_the_pass_in_graph_segments_equals_one_segment_and_runs_each_model_once_per_image(
+        small_model, image_folder, tmp_path, monkeypatch):
+    import calibkit.compare.layers as layers
+    from calibkit.data.images import discover_images
+    from calibkit.data.preprocess import Preprocess
+    from calibkit.stats.segments import SegmentedSession
+
+    spec = Preprocess(size=(32, 32))
+    items = discover_images(image_folder)[:5]
+    quantized = _quantized_small_model(small_model, items, tmp_path, spec)
+    models = {"int8": quantized, "again": quantized}
+    plan = layers.plan_layers(small_model, models, spec)
+    counted = {"runs": 0, "segments": []}
+    real_run, real_split = SegmentedSession.run, layers.split
+
+    def counting_run(self, batch):
+        counted["runs"] += 1
+        return real_run(self, batch)
+
+    def counting_split(*args, **kwargs):
+        counted["segments"].append(len(found := real_split(*args, **kwargs)))
+        return found
+
+    monkeypatch.setattr(SegmentedSession, "run", counting_run)
+    monkeypatch.setattr(layers, "split", counting_split)
+    whole, images = layers.layer_drift(small_model, models, items, spec, plan, budget_bytes=1 << 40)
+    assert images == 5 and counted == {"runs": 15, "segments": [1]}
+    counted.update(runs=0, segments=[])
+    smallest = min(plan.sizes.values())
+    cut, images = layers.layer_drift(small_model, models, items, spec, plan, budget_bytes=2 * smallest)
+    assert images == 5 and counted["runs"] == 15, "every model still runs once per image"
+    assert counted["segments"][0] >= 4, "a budget of two small tensors cuts the graph"
+    for name in models:
+        assert [d.name for d in cut[name]] == [d.name for d in whole[name]] and len(cut[name]) >= 8
+        for a, b in zip(cut[name], whole[name]):
+            assert a.count == b.count > 0, a.name
+            assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-4, abs=1e-3), a.name
+            assert a.max_abs_error == pytest.approx(b.max_abs_error, rel=1e-4, abs=1e-6), a.name
+
+
+def test_a_candidates_segments_mirror_the_references(small_model, image_folder, tmp_path):
+    from calibkit.data.images import discover_images
+    from calibkit.data.preprocess import Preprocess
+    from calibkit.onnx_model import load_model
+    from calibkit.stats.segments import split, split_like
+
+    spec = Preprocess(size=(32, 32))
+    quantized = _quantized_small_model(small_model, discover_images(image_folder)[:4], tmp_path, spec)
+    from calibkit.compare.layers import plan_layers
+
+    plan = plan_layers(small_model, {"int8": quantized}, spec)
+    reference = split(load_model(small_model), list(plan.sizes), plan.sizes, 2 * min(plan.sizes.values()))
+    groups = [segment.exposed for segment in reference]
+    mirrored = split_like(load_model(quantized), plan.shared["int8"], groups)
+    assert [set(s.exposed) for s in mirrored[:len(groups)]] == [set(g) for g in groups]
+    assert not any(s.exposed for s in mirrored[len(groups):]), "what no group needs comes last, exposing nothing"
+    total = sum(len(s.model.graph.node) for s in mirrored)
+    assert total == len(load_model(quantized).graph.node), "every node runs in exactly one segment"
+
+
+def test_no_image_starts_after_the_deadline_but_one_always_runs(small_model, image_folder, tmp_path):
+    import time
+
+    import calibkit.compare.layers as layers
+    from calibkit.data.images import discover_images
+    from calibkit.data.preprocess import Preprocess
+
+    spec = Preprocess(size=(32, 32))
+    items = discover_images(image_folder)[:4]
+    quantized = _quantized_small_model(small_model, items, tmp_path, spec)
+    plan = layers.plan_layers(small_model, {"int8": quantized}, spec)
+    drifts, images = layers.layer_drift(small_model, {"int8": quantized}, items, spec, plan,
+                                        deadline=time.time() - 1)
+    assert images == 1 and all(d.count for d in drifts["int8"])

@@ -27,7 +27,8 @@ def test_inline_per_layer_drift_equals_the_separate_pass(small_model, image_fold
     separate = compare_models(small_model, [Candidate("int8", "int8", quantized, separate_copy)], items, SPEC, task,
                               batch_size=4, layer_images=7)
     assert inline["layer_images"] == separate["layer_images"] == 7
-    assert inline["timings"]["layer_pass_s"] < separate["timings"]["layer_pass_s"], "no second pass when inline"
+    assert "layer_pass_s" not in inline["timings"] and separate["timings"]["layer_pass_s"] > 0, \
+        "no second pass when inline"
     got = {row["tensor"]: row for row in inline["candidates"][0]["layers"]}
     expected = {row["tensor"]: row for row in separate["candidates"][0]["layers"]}
     assert got.keys() == expected.keys() and len(got) >= 8
