@@ -43,7 +43,7 @@ LOCAL = "local"
 # Runs of a task whose worker process died before it finished.
 TASK_RETRIES = 3
 
-# Images per comparison task, and per task of the per-layer drift pass.
+# Most images per comparison task (there are at least two tasks per CPU), and per task of the per-layer pass.
 COMPARE_SHARD = 128
 LAYER_SHARD = 25
 
@@ -214,7 +214,7 @@ def _compare_task(reference: ModelFile, models: Mapping[str, ModelFile], candida
 
     items, batch_size, skip_bad = shard
     local = [_with_local_models(c, models) for c in candidates]
-    return compare_part(reference.path(), local, items, preprocess, task, batch_size, skip_bad)
+    return compare_part(reference.path(), local, items, preprocess, task, batch_size, skip_bad, threads=1)
 
 
 def _layer_task(reference: ModelFile, models: Mapping[str, ModelFile], candidates, preprocess, plan, deadline, items):
@@ -238,7 +238,8 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
                        task, batch_size: int = 8, skip_bad: bool = False, layer_images: int | None = None,
                        backend: str = "ort-cpu", address: str = LOCAL, layer_seconds: float | None = None,
                        before_layers=None) -> dict:
-    """:func:`calibkit.compare.run.compare_models` split into Ray tasks of :data:`COMPARE_SHARD` images,
+    """:func:`calibkit.compare.run.compare_models` split into Ray tasks of whole batches (two per CPU, at
+    about :data:`COMPARE_SHARD` images at most; one ONNX Runtime thread per task, as a task holds one CPU),
     then (the finished comparison handed to ``before_layers`` first) the per-layer pass in tasks of
     :data:`LAYER_SHARD` images; the parts merged in image order."""
     from calibkit.compare.run import LAYER_IMAGES, comparison_document, deadline, layer_plan, with_layers
@@ -248,9 +249,12 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
     paths = {str(p) for c in candidates for p in (c.model, c.drift_model, c.speed_model) if p is not None}
     models = {path: ModelFile.of(Path(path)) for path in paths}
     shared = (ModelFile.of(reference), models, list(candidates), preprocess)
-    with connect(address):
+    with connect(address) as ray:
         started = time.perf_counter()
-        shards = [(list(items[i:i + COMPARE_SHARD]), batch_size, skip_bad) for i in range(0, len(items), COMPARE_SHARD)]
+        batches = -(-len(items) // batch_size)
+        tasks = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-len(items) // COMPARE_SHARD))
+        ends = [size * batch_size for size in itertools.accumulate(task_sizes(batches, tasks))]
+        shards = [(list(items[a:b]), batch_size, skip_bad) for a, b in zip([0, *ends[:-1]], ends)]
         parts = run_tasks(_compare_task, (*shared, task), shards,
                           lambda i: f"comparison shard {i} ({_image_shard(shards[i][0])})",
                           f"comparing {len(candidates)} candidate(s) ({len(shards)} Ray tasks)",

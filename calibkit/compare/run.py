@@ -169,14 +169,15 @@ def layer_plan(reference: Path, candidates: Sequence[Candidate], items: Sequence
 
 def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
                  task: Task, batch_size: int = 8, skip_bad: bool = False, backend: str = "ort-cpu",
-                 inline_images: int = 0, plan=None) -> ComparePart:
+                 inline_images: int = 0, plan=None, threads: int = 0) -> ComparePart:
     """Each batch of ``items`` decoded once and run once per model; with ``inline_images``, the per-layer
-    drift of that many first images in the same pass (``plan``: :func:`plan_layers`)."""
+    drift of that many first images in the same pass (``plan``: :func:`plan_layers`). ``threads``: ONNX
+    Runtime's per session (0: every core)."""
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
     inline = InlineLayerDrift(reference, drift_models, plan, inline_images) if inline_images else None
-    ref_session = load(reference, "fp32", backend, arena=False, spinning=False)
-    sessions = {c.name: load(c.model, c.precision, backend, arena=False, spinning=False, qdq_as_written=True)
-                for c in candidates}
+    ref_session = load(reference, "fp32", backend, arena=False, spinning=False, threads=threads)
+    sessions = {c.name: load(c.model, c.precision, backend, arena=False, spinning=False, qdq_as_written=True,
+                             threads=threads) for c in candidates}
     outputs = ref_session.model_outputs
     part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
                        {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])

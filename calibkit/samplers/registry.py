@@ -39,15 +39,21 @@ def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get_sampler(name: str) -> SamplerFn:
+    """The registered ``fn(items, n, seed)`` of sampler ``name``."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        raise CalibkitError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
+    return _REGISTRY[name]
+
+
 def sample(items: Sequence[ImageItem], n: int | None, method: str = "random", seed: int = 0) -> list[ImageItem]:
     """Choose ``n`` items with sampler ``method``.
 
     ``n`` of ``None`` or ``0`` means the whole pool. When ``n`` exceeds the pool, the whole pool is used
     and a warning says so (a smaller set cannot be "more representative" than all of it).
     """
-    _load_plugins()
-    if method not in _REGISTRY:
-        raise CalibkitError(f"unknown sampler {method!r}; available: {', '.join(available_samplers())}")
+    fn = get_sampler(method)
     if n is not None and n < 0:
         raise CalibkitError(f"--samples must be positive, got {n}")
     if not n or method == "all":
@@ -56,7 +62,7 @@ def sample(items: Sequence[ImageItem], n: int | None, method: str = "random", se
         if n > len(items):
             warnings.warn(f"--samples {n} exceeds the pool of {len(items)} images; using all of them", stacklevel=2)
         return list(items)
-    chosen = _REGISTRY[method](items, n, seed)
+    chosen = fn(items, n, seed)
     if len(chosen) != n or len({item.path for item in chosen}) != n:
         raise CalibkitError(f"sampler {method!r} returned {len(chosen)} images instead of {n} distinct ones")
     order = {item.path: index for index, item in enumerate(items)}
