@@ -18,10 +18,12 @@ ENTRY_POINT_GROUP = "calibkit.samplers"
 _REGISTRY: dict[str, SamplerFn] = {}
 
 
-def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: make ``fn(items, n, seed)`` selectable as ``--sampler name``."""
+def register_sampler(name: str, whole_pool: bool = False) -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: make ``fn(items, n, seed)`` selectable as ``--sampler name``. A ``whole_pool`` sampler
+    declares that it returns every item whatever ``n`` (``sample`` then asks it for all of them)."""
 
     def decorate(fn: SamplerFn) -> SamplerFn:
+        fn.whole_pool = whole_pool  # type: ignore[attr-defined]
         _REGISTRY[name] = fn
         return fn
 
@@ -56,7 +58,9 @@ def sample(items: Sequence[ImageItem], n: int | None, method: str = "random", se
     fn = get_sampler(method)
     if n is not None and n < 0:
         raise CalibkitError(f"--samples must be positive, got {n}")
-    if not n or method == "all":
+    if getattr(fn, "whole_pool", False):
+        return list(fn(items, len(items), seed))
+    if not n:
         return list(items)
     if n >= len(items):
         if n > len(items):

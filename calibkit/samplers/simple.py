@@ -12,8 +12,9 @@ from calibkit.data.images import ImageItem
 from calibkit.samplers.registry import register_sampler
 
 
-@register_sampler("all")
+@register_sampler("all", whole_pool=True)
 def all_images(items: Sequence[ImageItem], n: int, seed: int) -> list[ImageItem]:
+    """Every item, in pool order: ``--sampler all`` calibrates on the whole folder whatever ``--samples``."""
     return list(items)
 
 
