@@ -184,6 +184,12 @@ def task_sizes(shards: int, tasks: int, first: int = 0) -> list[int]:
     return [shards // tasks + (i < shards % tasks) for i in range(tasks)]
 
 
+def task_bounds(sizes: Sequence[int], unit: int, total: int) -> list[tuple[int, int]]:
+    """The item range ``(start, stop)`` of each task of ``sizes`` units of ``unit`` items, cut at ``total``."""
+    ends = [min(size * unit, total) for size in itertools.accumulate(sizes)]
+    return list(zip([0, *ends[:-1]], ends))
+
+
 def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess: Preprocess, batch_size: int,
                        bins: int, skip_bad: bool = False, shard_size: int = 50, moments=None,
                        address: str = LOCAL, memory_budget: int = MEMORY_BUDGET):
@@ -196,8 +202,7 @@ def sharded_statistics(model_path: Path, items: Sequence[ImageItem], preprocess:
     with connect(address) as ray:
         first = -(-moments.images // shard_size) if moments is not None else 0
         sizes = task_sizes(-(-len(items) // shard_size), 2 * int(ray.cluster_resources().get("CPU", 1)), first)
-        ends = [shards * shard_size for shards in itertools.accumulate(sizes)]
-        bounds = [(a, min(b, len(items))) for a, b in zip([0, *ends[:-1]], ends)]
+        bounds = task_bounds(sizes, shard_size, len(items))
         shards = [(list(items[a:b]), batch_size, bins, skip_bad, shard_size, moments if i == 0 else None,
                    memory_budget) for i, (a, b) in enumerate(bounds)]
         results = run_tasks(_statistics_task, (ModelFile.of(model_path), preprocess), shards,
@@ -253,8 +258,8 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
         started = time.perf_counter()
         batches = -(-len(items) // batch_size)
         tasks = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-len(items) // COMPARE_SHARD))
-        ends = [size * batch_size for size in itertools.accumulate(task_sizes(batches, tasks))]
-        shards = [(list(items[a:b]), batch_size, skip_bad) for a, b in zip([0, *ends[:-1]], ends)]
+        shards = [(list(items[a:b]), batch_size, skip_bad)
+                  for a, b in task_bounds(task_sizes(batches, tasks), batch_size, len(items))]
         parts = run_tasks(_compare_task, (*shared, task), shards,
                           lambda i: f"comparison shard {i} ({_image_shard(shards[i][0])})",
                           f"comparing {len(candidates)} candidate(s) ({len(shards)} Ray tasks)",

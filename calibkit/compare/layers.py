@@ -284,9 +284,7 @@ def _fold_image(image: np.ndarray, reference: SegmentedSession, sessions: Mappin
                     break
                 early[name].update(values)
                 _score(waiting[name], early[name], drifts[name])
-    for stream in streams.values():
-        for _ in stream or ():
-            pass
+    # a candidate's segments left unrun compute only what no shared tensor needs: they are not run
 
 
 def _score(waiting: dict, early: dict, drifts: Mapping[str, LayerDrift]) -> None:
