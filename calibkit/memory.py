@@ -14,6 +14,7 @@ import ctypes.util
 import resource
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 
 @lru_cache(maxsize=None)
@@ -50,3 +51,15 @@ def peak_rss_gb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
+
+
+# Sessions whose float weights together pass this many bytes are not held at once: the comparison runs its
+# models one after the other and its per-layer pass loads each graph segment as it runs it. A Q/DQ model's
+# session holds its weights dequantized, an FP16 one its weights cast back to float: each about the FP32 size.
+RESIDENT_WEIGHT_BYTES = 1 << 30
+
+
+def sessions_fit(reference: Path, models: int) -> bool:
+    """Whether ``models`` sessions of about the size of the FP32 model at ``reference`` fit
+    :data:`RESIDENT_WEIGHT_BYTES` together."""
+    return Path(reference).stat().st_size * models <= RESIDENT_WEIGHT_BYTES

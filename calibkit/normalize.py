@@ -19,10 +19,11 @@ names) from the same model file.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +31,7 @@ import numpy as np
 import onnx
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import load_model
+from calibkit.onnx_model import all_tensors, load_model
 
 # Per-channel DequantizeLinear (its axis attribute) and integer Clip need opset 13.
 MIN_QDQ_OPSET = 13
@@ -58,6 +59,7 @@ class Normalized:
     opset: tuple[int, int]
     removed: dict[str, int] = field(default_factory=dict)
     max_relative_error: float | None = None
+    file: Path | None = None  # the memo's copy on disk of the graph as normalised, which ONNX Runtime reads
 
     def summary(self) -> str:
         """One line for provenance, e.g. ``opset 11->13; Constant -308, BatchNormalization -35``."""
@@ -82,45 +84,135 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def normalize(model: onnx.ModelProto, path: Path | str = "model") -> Normalized:
     """The normalised copy of ``model`` (see the module docstring); ``model`` is not modified."""
+    refuse_quantized(model, path)
+    upgraded = _upgraded(model, path)
+    return _rewritten(upgraded.SerializeToString(), default_opset(model), _op_counts(model), model.graph.name, path)
+
+
+def normalize_file(path: Path) -> Normalized:
+    """:func:`normalize` of the model file at ``path``, holding one copy of its weights at a time: ONNX
+    Runtime reads the file itself unless the opset has to be raised first."""
+    model = load_model(Path(path))
+    refuse_quantized(model, path)
+    before, counts, name = default_opset(model), _op_counts(model), model.graph.name
+    if before >= MIN_QDQ_OPSET:
+        del model
+        return _rewritten(str(path), before, counts, name, path)
+    data = _upgraded(model, path).SerializeToString()
+    del model
+    return _rewritten(data, before, counts, name, path)
+
+
+def _op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def _upgraded(model: onnx.ModelProto, path: Path | str) -> onnx.ModelProto:
+    """``model`` at :data:`MIN_QDQ_OPSET` at least."""
+    before = default_opset(model)
+    if before >= MIN_QDQ_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_QDQ_OPSET)
+    except Exception as exc:
+        raise CalibkitError(f"{path}: opset {before} cannot be converted to {MIN_QDQ_OPSET}, which per-channel "
+                            f"Q/DQ needs ({type(exc).__name__}); re-export with opset >= {MIN_QDQ_OPSET}") from exc
+
+
+def _rewritten(source: bytes | str, before: int, counts: Counter, name: str, path: Path | str) -> Normalized:
+    """ONNX Runtime's basic rewrites of the model in ``source`` (serialised, or a file's path), renamed
+    and cleaned; ``before``, ``counts`` and ``name`` describe the graph as exported."""
     import onnxruntime as ort
 
-    refuse_quantized(model, path)
-    before = default_opset(model)
-    upgraded = model
-    if before < MIN_QDQ_OPSET:
-        from onnx import version_converter
-
-        try:
-            upgraded = version_converter.convert_version(model, MIN_QDQ_OPSET)
-        except Exception as exc:
-            raise CalibkitError(f"{path}: opset {before} cannot be converted to {MIN_QDQ_OPSET}, which per-channel "
-                                f"Q/DQ needs ({type(exc).__name__}); re-export with opset >= {MIN_QDQ_OPSET}") from exc
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="calibkit-normalize-") as tmp:
         options.optimized_model_filepath = str(Path(tmp) / "normalized.onnx")
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if size > MEMO_IN_MEMORY_BYTES:
+            # weights written beside the graph as ONNX Runtime goes, not serialised in memory with it first
+            # (small models keep the other path: this one saves node attributes in another order)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
-            ort.InferenceSession(upgraded.SerializeToString(), options, providers=["CPUExecutionProvider"],
+            ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                  disabled_optimizers=list(KEPT_PATTERNS))
         except Exception as exc:
             raise CalibkitError(f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]})") from exc
-        normalized = onnx.load(options.optimized_model_filepath)
+        del source
+        normalized = _load_whole(Path(options.optimized_model_filepath))
     _keep_used_opsets(normalized)
     _name_nodes(normalized)
     # ONNX Runtime's saved types describe its own kernels' view; later rewrites (FP16 casts, Q/DQ)
     # infer shapes afresh, and stale entries would contradict them.
     del normalized.graph.value_info[:]
-    normalized.graph.name = model.graph.name
-    ops_before, ops_after = Counter(n.op_type for n in model.graph.node), Counter(n.op_type for n in normalized.graph.node)
-    removed = {op: ops_before[op] - ops_after[op] for op in ops_before if ops_before[op] > ops_after[op]}
+    normalized.graph.name = name
+    after = _op_counts(normalized)
+    removed = {op: counts[op] - after[op] for op in counts if counts[op] > after[op]}
     return Normalized(normalized, (before, default_opset(normalized)), removed)
 
 
-@lru_cache(maxsize=2)
-def _normalized_bytes(path: str, mtime_ns: int, size: int) -> tuple[bytes, tuple[int, int], tuple]:
-    done = normalize(load_model(Path(path)), path)
-    return done.model.SerializeToString(), done.opset, tuple(sorted(done.removed.items()))
+# A normalised graph up to this size is memoised as bytes in memory; a larger one is written to a file of
+# the process's own temporary folder and read back per call, so a 470 MB model is not held twice (the
+# memo beside the sessions that run it) through a whole command.
+MEMO_IN_MEMORY_BYTES = 64 << 20
+MEMO_ENTRIES = 2  # the user's model and its equalised graph
+
+
+class _Memo:
+    """Normalised graphs by file version (serialised, or as a file with its weights beside it), the
+    oldest let go past :data:`MEMO_ENTRIES`."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple, tuple[bytes | Path, tuple[int, int], tuple]] = OrderedDict()
+        self.folder: Path | None = None
+        self.spilled = 0
+
+    def get(self, key: tuple, path: str) -> tuple[onnx.ModelProto, tuple[int, int], tuple, Path | None]:
+        if key not in self.entries:
+            done = normalize_file(Path(path))
+            large = sum(len(t.raw_data) for t in done.model.graph.initializer) > MEMO_IN_MEMORY_BYTES
+            held = self._spill(done.model) if large else done.model.SerializeToString()
+            self.entries[key] = (held, done.opset, tuple(sorted(done.removed.items())))
+            del done
+            while len(self.entries) > MEMO_ENTRIES:
+                dropped = self.entries.popitem(last=False)[1][0]
+                if isinstance(dropped, Path):
+                    dropped.unlink(missing_ok=True)
+                    dropped.with_suffix(".bin").unlink(missing_ok=True)
+        self.entries.move_to_end(key)
+        held, opset, removed = self.entries[key]
+        if isinstance(held, Path):
+            return _load_whole(held), opset, removed, held
+        return onnx.load_from_string(held), opset, removed, None
+
+    def _spill(self, model: onnx.ModelProto) -> Path:
+        """``model`` saved in the memo's folder, its weights moved out into a file beside it as they are
+        written (``model`` is left without them)."""
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="calibkit-normalized-"))
+            atexit.register(shutil.rmtree, self.folder, True)
+        self.spilled += 1
+        path = self.folder / f"{self.spilled}.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.with_suffix(".bin").name)
+        return path
+
+
+def _load_whole(path: Path) -> onnx.ModelProto:
+    """The model at ``path`` with any weights kept beside it read in, serialising as if they never left."""
+    model = onnx.load(str(path))
+    for tensor in all_tensors(model.graph):
+        tensor.ClearField("data_location")  # set to DEFAULT on loading; unset in a model saved whole
+        if not tensor.doc_string:
+            tensor.ClearField("doc_string")
+    return model
+
+
+_MEMO = _Memo()
 
 
 def normalized_model(path: Path) -> Normalized:
@@ -130,38 +222,59 @@ def normalized_model(path: Path) -> Normalized:
     if not path.is_file():
         raise CalibkitError(f"{path}: model file does not exist; pass an .onnx file to --model")
     stat = path.stat()
-    data, opset, removed = _normalized_bytes(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return Normalized(onnx.load_from_string(data), opset, dict(removed))
+    resolved = str(path.resolve())
+    model, opset, removed, file = _MEMO.get((resolved, stat.st_mtime_ns, stat.st_size), resolved)
+    return Normalized(model, opset, dict(removed), file=file)
 
 
-def check_equivalent(original: onnx.ModelProto, normalized: Normalized, input_shape: Sequence[int],
-                     path: Path | str = "model", seed: int = 0) -> float:
-    """Run both graphs on one seeded random input of ``input_shape`` (batch included) and return the
-    largest output difference relative to that output's magnitude; raise past the tolerance."""
+@dataclass
+class FP32Reference:
+    """The model's FP32 outputs on one seeded random input: what every rewrite of its graph must keep."""
+
+    feed: dict[str, np.ndarray]
+    outputs: list[tuple[str, np.ndarray]]
+
+
+def _unoptimized_session(model: onnx.ModelProto | Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # a 1024 px detector's activations go back after the run
     options.log_severity_level = 3
-    sessions = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-                for m in (original, normalized.model)]
-    first = sessions[0].get_inputs()[0]
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def fp32_reference(model: onnx.ModelProto | Path, input_shape: Sequence[int], seed: int = 0) -> FP32Reference:
+    """The outputs of ``model`` (a graph, or a file ONNX Runtime reads itself) on a seeded uniform input
+    of ``input_shape`` (batch included), computed once so that the graph need not stay loaded."""
+    session = _unoptimized_session(model)
+    first = session.get_inputs()[0]
     dtype = np.float16 if first.type == "tensor(float16)" else np.float32
     feed = {first.name: np.random.default_rng(seed).uniform(0, 1, tuple(input_shape)).astype(dtype)}
+    names = [out.name for out in session.get_outputs()]
+    return FP32Reference(feed, list(zip(names, session.run(names, feed))))
+
+
+def check_equivalent(reference: FP32Reference, normalized: Normalized, path: Path | str = "model") -> float:
+    """Run ``normalized`` on the reference's input and return the largest output difference relative
+    to that output's magnitude; raise past the tolerance."""
+    found = _unoptimized_session(normalized.file or normalized.model).run([name for name, _ in reference.outputs], reference.feed)
     worst = 0.0
-    for out, a, b in zip(sessions[0].get_outputs(), *(s.run(None, feed) for s in sessions)):
+    for (name, a), b in zip(reference.outputs, found):
         if not np.issubdtype(np.asarray(a).dtype, np.floating):
             continue
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         if a.shape != b.shape:
-            raise CalibkitError(f"{path}: normalising the graph changed output {out.name}'s shape {a.shape} -> "
+            raise CalibkitError(f"{path}: normalising the graph changed output {name}'s shape {a.shape} -> "
                                 f"{b.shape}; please report this model")
         finite = np.isfinite(a)
         scale = max(1.0, float(np.abs(a[finite]).max(initial=0.0)))
         error = float(np.abs(a - b)[finite].max(initial=0.0)) / scale
         worst = max(worst, error)
         if error > EQUIVALENCE_TOLERANCE:
-            raise CalibkitError(f"{path}: normalising the graph moved output {out.name} by {error:.1e} of its range; "
+            raise CalibkitError(f"{path}: normalising the graph moved output {name} by {error:.1e} of its range; "
                                 "please report this model")
     normalized.max_relative_error = worst
     return worst

@@ -41,6 +41,42 @@ def load_model(path: Path) -> onnx.ModelProto:
     return model
 
 
+def model_outline(path: Path) -> onnx.ModelProto:
+    """The model at ``path`` without its weights' values (their names, types and shapes kept): enough to
+    read its inputs, metadata and nodes. Memoised per file version, so a 470 MB model is parsed once
+    per command for these and its weights are not held; each call returns its own copy."""
+    path = check_model_file(path)
+    stat = path.stat()
+    outline = onnx.ModelProto()
+    outline.CopyFrom(_outline(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+    return outline
+
+
+@lru_cache(maxsize=8)
+def _outline(path: str, mtime_ns: int, size: int) -> onnx.ModelProto:
+    model = load_model(Path(path))
+    for tensor in all_tensors(model.graph):
+        for values in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(values)
+    outline = onnx.ModelProto()
+    outline.CopyFrom(model)  # a message of its own: the cleared one keeps its weights' memory until it goes
+    return outline
+
+
+def all_tensors(graph: onnx.GraphProto):
+    """Every tensor of ``graph``: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in [attribute.g] if attribute.HasField("g") else []:
+                yield from all_tensors(sub)
+            for sub in attribute.graphs:
+                yield from all_tensors(sub)
+
+
 def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
     """The model's ``metadata_props`` as a dict (an exporter's task, class names, input size)."""
     return {prop.key: prop.value for prop in model.metadata_props}
@@ -175,6 +211,13 @@ def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         elif init.name not in listed:
             graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return skeleton
+
+
+def with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the value infos shape inference finds, added in place: the same graph ONNX's
+    ``infer_shapes`` returns, inferred on its :func:`shape_skeleton` so that no copy of the weights is made."""
+    model.graph.value_info.extend(onnx.shape_inference.infer_shapes(shape_skeleton(model)).graph.value_info)
+    return model
 
 
 def activation_bytes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict[str, int]:

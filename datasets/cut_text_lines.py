@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 DETECTOR_SIZE = (960, 736)

@@ -88,3 +88,15 @@ def test_float_activations_trust_a_complete_value_info(small_model):
             info.type.tensor_type.elem_type = TensorProto.INT64
     # With every node output typed, no inference runs, so the declared type decides.
     assert "c3" in float_activations(model) and "c3" not in float_activations(inferred)
+
+
+def test_the_outline_keeps_inputs_and_nodes_without_the_weights(small_model):
+    from calibkit.onnx_model import image_input, model_outline
+
+    outline, whole = model_outline(small_model), onnx.load(str(small_model))
+    assert [n.op_type for n in outline.graph.node] == [n.op_type for n in whole.graph.node]
+    assert image_input(outline, small_model) == image_input(whole, small_model)
+    assert [tuple(i.dims) for i in outline.graph.initializer] == [tuple(i.dims) for i in whole.graph.initializer]
+    assert not any(i.raw_data or i.float_data for i in outline.graph.initializer)
+    outline.graph.name = "changed"
+    assert model_outline(small_model).graph.name == whole.graph.name, "each call gets its own copy"

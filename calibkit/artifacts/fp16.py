@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
 from calibkit.normalize import normalized_model
+from calibkit.onnx_model import with_inferred_shapes
 
 FP16_MAX = 65504.0
 
@@ -31,15 +32,17 @@ def export_fp16(model_path: Path, out: Path) -> Path:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = normalized_model(Path(model_path)).model
-    converted = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+    model = with_inferred_shapes(normalized_model(Path(model_path)).model)
+    converted = convert_float_to_float16(  # converted in place, the shapes inferred already (no weight copy)
+        model, keep_io_types=True, disable_shape_infer=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
         node_block_list=nodes_with_out_of_range_constants(model),
     )
     OnnxModel(converted).topological_sort()
-    verify_model(converted, Path(out))
+    del model  # the same graph, converted in place
     with atomic_path(Path(out)) as tmp:
         onnx.save(converted, str(tmp))
+        del converted
+        verify_model(tmp, Path(out))
     return Path(out)
 
 

@@ -34,6 +34,7 @@ from calibkit.errors import CalibkitError
 from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
 from calibkit.normalize import normalized_model
+from calibkit.onnx_model import with_inferred_shapes
 
 TARGETS = ("tensorrt", "onnxruntime")
 
@@ -82,7 +83,7 @@ def export_qdq(
 
     if target not in TARGETS:
         raise CalibkitError(f"unknown Q/DQ target {target!r}; use one of {TARGETS}")
-    model = onnx.shape_inference.infer_shapes(normalized_model(Path(model_path)).model)
+    model = with_inferred_shapes(normalized_model(Path(model_path)).model)
     check_ranges_fit(model, ranges, model_path)
     table = TensorsData(
         CalibrationMethod.MinMax,
@@ -122,7 +123,8 @@ def export_qdq(
     fold_activation_qdq(quantized, target)
     if target == "tensorrt":
         fuse_residual_adds(quantized)
-    verify_model(quantized, Path(out))
     with atomic_path(Path(out)) as tmp:
         onnx.save(quantized, str(tmp))
+        del quantized, quantizer, model
+        verify_model(tmp, Path(out))
     return Path(out)

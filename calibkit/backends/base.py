@@ -87,6 +87,12 @@ def backend_info(name: str) -> BackendInfo:
     return _BACKENDS[name]
 
 
+def registered_backends() -> list[str]:
+    """Names of every registered backend, whether or not it can run on this machine."""
+    _register_builtins()
+    return sorted(_BACKENDS)
+
+
 def available_backends() -> list[str]:
     """Names of the registered backends that can run on this machine."""
     _register_builtins()

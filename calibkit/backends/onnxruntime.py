@@ -51,7 +51,7 @@ class OrtSession:
         expose: Sequence[str] = (),
         threads: int = 0,
         backend: str = "ort-cpu",
-        model: onnx.ModelProto | None = None,
+        model: onnx.ModelProto | Path | None = None,
         arena: bool = True,
         spinning: bool = True,
         qdq_as_written: bool = False,
@@ -77,6 +77,8 @@ class OrtSession:
             original = model if model is not None else load_model(self.model_path)
             model_outputs = [out.name for out in original.graph.output]
             source: bytes | str = with_outputs(original, list(expose)).SerializeToString()
+        elif isinstance(model, Path):
+            source = str(model)  # a file of its own (a graph segment), weights perhaps in a file beside it
         elif model is not None:
             source = model.SerializeToString()
         else:

@@ -12,7 +12,11 @@ from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.cli.commands import (cmd_bench, cmd_calibrate, cmd_compare, cmd_demo, cmd_eval, cmd_import_cache,
                                    cmd_quantize)
 from calibkit.cli.defaults import DEMO_BUDGET, INFERENCE_BATCH_SIZE
+from calibkit.backends.base import registered_backends
+from calibkit.calib.registry import available_calibrators
+from calibkit.samplers.registry import available_samplers
 from calibkit.stats import MEMORY_BUDGET
+from calibkit.tasks.registry import available_tasks, budget_metrics_by_task
 from calibkit.engine.commands import add_build_engine, add_engine_options
 
 BATCH_HELP = (
@@ -178,20 +182,35 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_HelpFormatter,
                               epilog=f"example:\n  {EXAMPLES[name]}")
 
+    _eval_command(command)
+    _calibrate_command(command)
+    _quantize_command(command)
+    _bench_command(command)
+    _compare_command(command)
+    _demo_command(command)
+    add_build_engine(sub)
+    _import_cache_command(command)
+    return parser
+
+
+def _eval_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("eval", "FP32 top-1/top-5 of a model on labelled images")
     _add_model(p)
     _add_images(p)
     p.add_argument("--backend", "--provider", dest="backend", default="ort-cpu",
-                   help="ort-cpu, ort-cuda, tensorrt, tensorrt-rtx, or a plug-in")
+                   help=f"{_listed(registered_backends())}, or a plug-in")
     _add_task(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _calibrate_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("calibrate", "collect statistics once, write ranges for every method")
     _add_model(p)
     _add_images(p)
-    p.add_argument("--method", default="entropy2", help="comma list: entropy2, minmax, percentile:99.99, mse, all")
+    p.add_argument("--method", default="entropy2", help=f"comma list of {_listed(available_calibrators())} (percentile:99.99 names its "
+                                                        "percentile), or all")
     p.add_argument("--samples", type=int, default=500, help="calibration images to pick (0 = all)")
-    p.add_argument("--sampler", default="random", help="random, stratified, kmeans, all")
+    p.add_argument("--sampler", default="random", help=_listed(available_samplers()))
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--out", type=_out_folder, required=True, help="run folder for caches, JSON, stats")
     p.add_argument("--force", action="store_true",
@@ -211,14 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the float biases as exported instead of removing the mean shift weight rounding adds")
     p.add_argument("--memory-budget", type=_positive_float, default=MEMORY_BUDGET / (1 << 30), metavar="GB",
-                   help="activations the statistics pass may hold (default 1.5): past it, the graph runs in "
-                        "segments that each expose a part, at the cost of one inference per image all the same")
+                   help="what the statistics pass may hold, the model's weights and the activations it reads "
+                        "(default 1.5): past it, the graph runs in segments that each expose a part, at the cost "
+                        "of one inference per image all the same")
     _add_ray(p)
     _add_task(p)
     _add_compare_options(p, out_default=None)
     add_engine_options(p)
     p.set_defaults(func=cmd_calibrate)
 
+
+def _quantize_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("quantize", "write a Q/DQ ONNX model from a ranges JSON")
     _add_model(p)
     p.add_argument("--ranges", type=Path, required=True, help="JSON written by calibkit calibrate")
@@ -230,18 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_options(p, write=False)
     p.set_defaults(func=cmd_quantize)
 
+
+def _bench_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("bench", "latency and throughput of FP32, INT8 and FP16 models (random inputs of the model's shape)")
     _add_model(p)
     _add_preprocess(p, shape_only=True)
     p.add_argument("--int8", help="RUN_DIR[:method+method] of calibkit calibrate")
     p.add_argument("--fp16", action="store_true", help="also export and time the FP16 model")
     p.add_argument("--backend", default="all",
-                   help="all (every backend available here), ort-cpu, ort-cuda, tensorrt, tensorrt-rtx, or a plug-in")
+                   help=f"all (every backend available here), {_listed(registered_backends())}, or a plug-in")
     p.add_argument("--batch-sizes", type=_batch_sizes, default="1,8,32", help="comma list")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="where models the run lacks are written")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     p.set_defaults(func=cmd_bench)
 
+
+def _compare_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("compare", "FP32 vs candidates: accuracy, drift per layer, speed, HTML report")
     _add_model(p)
     _add_images(p)
@@ -257,11 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_options(p)
     p.set_defaults(func=cmd_compare)
 
+
+def _demo_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("demo", "the whole chain on EfficientNet-Lite0 and the shared photos")
     p.add_argument("--out", type=Path, default=Path("reports/demo"), help="run folder and report")
     p.add_argument("--method", default="entropy2,percentile:99.99,minmax", help="calibrators to compare")
     p.add_argument("--samples", type=int, default=500, help="calibration images to pick")
-    p.add_argument("--sampler", default="random", help="random, stratified, kmeans")
+    p.add_argument("--sampler", default="random", help=_listed(available_samplers()))
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--batch-size", type=_positive_int, help=BATCH_HELP)
     _add_compare_options(p, out_default=None, with_out=False)
@@ -269,21 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the layer sensitivity ranking and the budget fit")
     add_engine_options(p)
     p.set_defaults(func=cmd_demo, accuracy_budget=DEMO_BUDGET)
-    add_build_engine(sub)
 
+
+def _import_cache_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("import-cache", "read a TensorRT calibration cache (trtexec, Polygraphy, Ultralytics) as calibkit ranges")
     _add_model(p)
     p.add_argument("--cache", type=Path, required=True, help="TensorRT calibration cache (TRT-<version>-<algorithm>)")
     p.add_argument("--out", type=Path, required=True, help="ranges JSON to write (quantize --ranges takes it)")
     p.set_defaults(func=cmd_import_cache)
-    return parser
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task")
     group.add_argument("--task", default="auto",
-                       help="classification, detection, ocr-ctc, dense, generic, or a plug-in (default: detected "
-                            "from the outputs, generic when they are ambiguous)")
+                       help=f"{_listed(available_tasks())}, or a plug-in (default: detected from the outputs, generic "
+                            "when they are ambiguous)")
     group.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="task setting, e.g. score=0.3, head=gfl, threshold=0.3, coco=labels.json")
     group.add_argument("--postprocess", metavar="MODULE:FUNCTION",
@@ -318,11 +346,16 @@ def _add_compare_options(parser: argparse.ArgumentParser, out_default: Path | No
     group.add_argument("--sensitivity-images", type=_positive_int, default=100,
                        help="images for the sensitivity ranking")
     group.add_argument("--budget-metric", default="auto",
-                       help="what the budget limits, as the task names it (checked against the task before any "
-                            "work): classification top1 (auto with labels) or agreement; detection auto (1 - F1)")
+                       help="what the budget limits, as the task names it (checked against the task before any work): "
+                            + "; ".join(f"{task} {', '.join(names)}" for task, names in budget_metrics_by_task().items()))
 
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                         help="run as Ray tasks (pip install 'calibkit[ray]'): alone, on a local Ray instance; "
                              "'auto' or an address, on that cluster (images must be at the same path on every worker)")
+
+
+def _listed(names: list[str]) -> str:
+    """Registry names for a help text, so a plug-in shows up beside the built-ins."""
+    return ", ".join(names)

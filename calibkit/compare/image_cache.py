@@ -97,3 +97,34 @@ class ImageCache:
     def __getstate__(self) -> dict:
         # A copy sent to another process carries its batches in full: the sensitivity subset, not the budget's.
         return {"_entries": list(self), "_decode": None, "_limit": self._limit, "_folder": None}
+
+
+class OutputCache:
+    """Model outputs of a pass, batch by batch, for a later pass to read back in order: in RAM up to
+    ``in_memory_bytes``, the rest on disk (a segmentation model's outputs are images of their own)."""
+
+    def __init__(self, in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
+        self._entries: list[dict[str, np.ndarray] | Path] = []
+        self._held, self._limit = 0, in_memory_bytes
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def append(self, outputs: dict[str, np.ndarray]) -> None:
+        size = sum(value.nbytes for value in outputs.values())
+        if self._held + size <= self._limit:
+            self._held += size
+            self._entries.append({name: np.array(value) for name, value in outputs.items()})
+            return
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="calibkit-outputs-")
+        path = Path(self._folder.name) / f"{len(self._entries)}.npz"
+        np.savez(path, **{f"o{index}": value for index, value in enumerate(outputs.values())})
+        self._entries.append(path)
+        self._names = list(outputs)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for entry in self._entries:
+            if isinstance(entry, Path):
+                with np.load(entry) as arrays:
+                    yield {name: arrays[f"o{index}"] for index, name in enumerate(self._names)}
+            else:
+                yield entry

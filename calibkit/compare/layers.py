@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,10 @@ from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
-from calibkit.memory import trim_heap
-from calibkit.onnx_model import activation_bytes, constant_values, float_activations, load_model
+from calibkit.memory import sessions_fit, trim_heap
+from calibkit.onnx_model import activation_bytes, constant_values, float_activations, load_model, model_outline
 from calibkit.progress import log, log_line, progress
-from calibkit.stats.segments import SegmentedSession, split, split_like
+from calibkit.stats.segments import SegmentedSession, split, split_like, weights_apart
 
 try:
     from calibkit.compare import _drift
@@ -206,7 +207,7 @@ def plan_layers(reference: Path, drift_models: Mapping[str, Path], preprocess: P
     reference_tensors = [t for t in float_activations(graph)[1:] if t not in constants]
     shared = {}
     for name, path in drift_models.items():
-        produced = {out for node in load_model(path).graph.node for out in node.output}
+        produced = {out for node in model_outline(path).graph.node for out in node.output}
         shared[name] = [t for t in reference_tensors if t in produced]
     h, w = preprocess.size
     estimate = activation_bytes(graph, (1, 3, h, w) if preprocess.layout == "NCHW" else (1, h, w, 3))
@@ -240,18 +241,22 @@ def layer_drift(
     if not plan.sizes or not items:
         return {name: list(d.values()) for name, d in drifts.items()}, 0
     trim_heap()  # what the comparison's sessions left in the C heap goes back before these load
-    segments = split(load_model(reference), list(plan.sizes), plan.sizes, budget_bytes)
+    folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
+    segments = split(weights_apart(load_model(reference), Path(folder.name)), list(plan.sizes), plan.sizes, budget_bytes)
     groups = [segment.exposed for segment in segments]
-    ref_session = SegmentedSession(reference, segments, spinning=False)
+    resident = sessions_fit(reference, 1 + sum(bool(d) for d in drifts.values()))
+    ref_session = SegmentedSession(reference, segments, spinning=False, resident=resident, folder=folder)
     sessions = {}
     for name, path in drift_models.items():
         if drifts[name]:
             trim_heap()  # the last graph's copies, let go as its segments loaded
-            sessions[name] = SegmentedSession(path, split_like(load_model(path), list(drifts[name]), groups),
-                                              spinning=False, qdq_as_written=True)
+            folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
+            light = weights_apart(load_model(path), Path(folder.name))
+            sessions[name] = SegmentedSession(path, split_like(light, list(drifts[name]), groups), spinning=False,
+                                              qdq_as_written=True, resident=resident, folder=folder)
     trim_heap()
     log(f"per-layer drift: {len(items)} image(s), {len(plan.sizes)} tensors in {len(segments)} graph segment(s), "
-        f"every model run once per image")
+        f"every model run once per image" + ("" if resident else ", each segment loaded from disk as it runs"))
     done, started = 0, time.perf_counter()
     with progress(len(items), f"per-layer drift ({len(segments)} graph segment(s))") as bar:
         for batch in iter_batches(items, preprocess, 1, skip_bad=skip_bad):

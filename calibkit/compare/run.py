@@ -22,11 +22,13 @@ import numpy as np
 from calibkit.backends import load
 from calibkit.backends.base import backend_info
 from calibkit.colours import colour_key, method_colours
+from calibkit.compare.image_cache import ImageCache, OutputCache
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
+from calibkit.memory import sessions_fit, trim_heap
 from calibkit.progress import progress
 from calibkit.tasks.base import Scorer, Task
 
@@ -118,7 +120,7 @@ def compare_models(
     drift_models, plan, layer_images = layer_plan(reference, candidates, items, preprocess, layer_images)
     info = backend_info(backend)
     inline = layer_images if layer_images and info.exposes_tensors and not info.on_gpu and InlineLayerDrift.fits(plan) and all(
-        c.drift_model in (None, c.model) for c in candidates) else 0
+        c.drift_model in (None, c.model) for c in candidates) and held_together(reference, candidates) else 0
     started = time.perf_counter()
     part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)
     timings = {"outputs_pass_s": time.perf_counter() - started}
@@ -167,12 +169,21 @@ def layer_plan(reference: Path, candidates: Sequence[Candidate], items: Sequence
     return drift_models, plan, plan.images(min(layer_images, len(items))) if plan is not None else 0
 
 
+def held_together(reference: Path, candidates: Sequence[Candidate]) -> bool:
+    """Whether the reference's and every candidate's sessions may be held at once
+    (:func:`calibkit.memory.sessions_fit`); if not, the models run one at a time."""
+    return sessions_fit(reference, 1 + len(candidates))
+
+
 def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
                  task: Task, batch_size: int = 8, skip_bad: bool = False, backend: str = "ort-cpu",
                  inline_images: int = 0, plan=None, threads: int = 0) -> ComparePart:
     """Each batch of ``items`` decoded once and run once per model; with ``inline_images``, the per-layer
     drift of that many first images in the same pass (``plan``: :func:`plan_layers`). ``threads``: ONNX
-    Runtime's per session (0: every core)."""
+    Runtime's per session (0: every core). Models too large to hold together run one at a time."""
+    if not held_together(reference, candidates):
+        return one_model_at_a_time(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend,
+                                   threads)
     drift_models = {c.name: c.drift_model for c in candidates if c.drift_model is not None}
     inline = InlineLayerDrift(reference, drift_models, plan, inline_images) if inline_images else None
     ref_session = load(reference, "fp32", backend, arena=False, spinning=False, threads=threads)
@@ -205,6 +216,44 @@ def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequen
         raise CalibkitError("every image failed to load; nothing to compare")
     if inline is not None:  # fewer images than the per-layer pass asked for
         part.layers, part.layer_images = inline.result(), inline.images - inline.images_left
+    part.skipped = len(report.skipped)
+    return part
+
+
+def one_model_at_a_time(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem],
+                        preprocess: Preprocess, task: Task, batch_size: int = 8, skip_bad: bool = False,
+                        backend: str = "ort-cpu", threads: int = 0) -> ComparePart:
+    """:func:`compare_part` holding one model's session at a time: the images decoded once (kept in RAM or
+    on disk, :class:`~calibkit.compare.image_cache.ImageCache`), the reference's outputs kept the same way,
+    then each candidate alone over both. Scores and drift add up in the same image order as in one pass."""
+    report = LoadReport()
+    images = ImageCache(decode=lambda: iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report))
+    session = load(reference, "fp32", backend, arena=False, spinning=False, threads=threads)
+    outputs = session.model_outputs
+    part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
+                       {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])
+    held = OutputCache()
+    with progress(len(items), "running the FP32 reference") as bar:
+        for batch in images:
+            ref_out = session.run(batch.array)
+            ref_pred = task.decode(ref_out, batch)
+            part.reference_scorer.add(ref_pred, ref_pred, batch)
+            held.append({name: ref_out[name] for name in outputs})
+            part.kept.extend(batch.items)
+            bar.update(len(batch.items))
+    if not part.kept:
+        raise CalibkitError("every image failed to load; nothing to compare")
+    for c in candidates:
+        del session
+        trim_heap()  # the previous model's weights go back before the next is loaded
+        session = load(c.model, c.precision, backend, arena=False, spinning=False, qdq_as_written=True, threads=threads)
+        with progress(len(part.kept), f"running {c.name}") as bar:
+            for batch, ref_out in zip(images, held):
+                out = session.run(batch.array)
+                part.scorers[c.name].add(task.decode(ref_out, batch), task.decode(out, batch), batch)
+                for name in outputs:
+                    part.output_drift[c.name][name].update(ref_out[name], out[name])
+                bar.update(len(batch.items))
     part.skipped = len(report.skipped)
     return part
 

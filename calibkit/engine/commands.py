@@ -72,9 +72,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def build_shape(model: Path, size: str | None = None) -> tuple[int, int, int, int]:
     """The input shape an engine of ``model`` is built for: its own batch (1 where free) and spatial size,
     or ``size`` (HxW) where that is dynamic."""
-    from calibkit.onnx_model import image_input, load_model
+    from calibkit.onnx_model import image_input, model_outline
 
-    info = image_input(load_model(model), model)
+    info = image_input(model_outline(model), model)
     height, width = _size(size, info, model)
     if info.layout == "NCHW":
         return (info.batch or 1, info.channels, height, width)

@@ -204,7 +204,7 @@ def layer_status(comparison: Mapping) -> str:
     """What the report says of its per-layer drift: on how many images, still to come, stopped, or none."""
     if comparison.get("layers_pending"):
         return (f"per-layer drift on {comparison['layers_pending']} images not in this report: that pass started "
-                "after it was written, and writes the report again if it finishes")
+                "after it was written, and writes the complete report beside it if it finishes")
     images = comparison.get("layer_images", comparison["images"])
     if not images:
         return "no per-layer drift"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import onnx
 
 from calibkit.backends import load
 from calibkit.backends.base import backend_info
@@ -26,7 +28,7 @@ from calibkit.stats import MEMORY_BUDGET, device
 from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
 from calibkit.stats.histogram import DEFAULT_BINS, TensorStats
 from calibkit.stats.moments import MomentCollector
-from calibkit.stats.segments import SegmentedSession, split
+from calibkit.stats.segments import SegmentedSession, split, weights_apart
 
 STATS_BATCH_SIZE = 1  # images per inference on the CPU (BackendInfo.stats_batch)
 
@@ -188,19 +190,33 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     measured = [name for name in names if name not in by_output]
     sizes = activation_bytes(model, (batch_size, *preprocess.input_shape()))
     per_batch = sum(sizes.get(n, 0) for n in measured)
+    tensor_budget = tensor_bytes(model, memory_budget - (moments.max_bytes if moments is not None else 0))
     segments = None
-    if per_batch > memory_budget and not backend_info(backend).on_gpu:
+    if per_batch > tensor_budget and not backend_info(backend).on_gpu:
         wanted = [*measured, *(n for n in (moments.inputs if moments else []) if n in by_output)]
-        segments = split(model, wanted, sizes, memory_budget // 2)  # one segment folded while the next runs
+        weights_dir = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
+        # one segment folded while the next runs, and room for what folding one tensor makes of it
+        segments = split(weights_apart(model, Path(weights_dir.name)), wanted, sizes, tensor_budget // 3)
         if moments is not None:
             moments.use_layer_streams()  # a segment's layers come before those of earlier tensors
-        session = SegmentedSession(Path(model_path), segments, backend, threads)
+        del model  # its weights are on disk now, each segment's session reads its own share
+        session = SegmentedSession(Path(model_path), segments, backend, threads, folder=weights_dir)
     else:
         session = load(Path(model_path), "fp32", backend, expose=measured, threads=threads, model=model)
-    del model  # the sessions hold the weights now; the graph's copy would double them
+        del model  # the session holds the weights now; the graph's copy would double them
     on_gpu = getattr(session, "on_gpu", False)
-    run = session.run_device if on_gpu else session.run
     folder = _Folder(measured, bins, shard_size, moments, by_output, segments is not None, on_gpu)
+    report = _fold_batches(session, folder, items, preprocess, batch_size, skip_bad, bool(segments), per_batch)
+    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names)
+              for shard in folder.shards]
+    return PassPart(shards, folder.shard_images, folder.seen, [file_digest(item.path) for item in folder.seen],
+                    len(report.skipped), len(clamps), len(segments or [None]))
+
+
+def _fold_batches(session, folder: _Folder, items: Sequence[ImageItem], preprocess: Preprocess, batch_size: int,
+                  skip_bad: bool, segmented: bool, per_batch: int) -> LoadReport:
+    """Run ``items`` through ``session`` batch by batch into ``folder``; what could not be read."""
+    run = session.run_device if folder.on_gpu else session.run
     report = LoadReport()
 
     def fold_segments(batch_items: list[ImageItem], parts: Iterator[dict[str, np.ndarray]]) -> None:
@@ -226,23 +242,28 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     # One inference at a time on single images measured fastest: the activations of one image stay in
     # cache for the histograms. The layer-input moments of the first images (most of the work of those
     # images) are folded on a third thread, in image order, so the histograms do not wait for them.
-    depth = 0 if on_gpu or segments else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
+    depth = 0 if folder.on_gpu or segmented else max(0, min(2, INFLIGHT_BYTES // max(per_batch, 1) - 1))
     queued: deque[tuple[list[ImageItem], Future]] = deque()
     with (progress(len(items), "collecting statistics") as folder.bar, ThreadPoolExecutor(1) as inference,
           Ordered(max(depth, 1)) as folder.moment_updates):
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
-            if segments:
+            if segmented:
                 fold_segments(batch.items, session.run(batch.array))
                 continue
-            queued.append((batch.items, inference.submit(run, batch.array, measured)))
+            queued.append((batch.items, inference.submit(run, batch.array, folder.measured)))
             if len(queued) > depth:
                 fold_oldest()
         while queued:
             fold_oldest()
-    shards = [with_clamps({name: stats.on_host() for name, stats in shard.items()}, clamps, names)
-              for shard in folder.shards]
-    return PassPart(shards, folder.shard_images, folder.seen, [file_digest(item.path) for item in folder.seen],
-                    len(report.skipped), len(clamps), len(segments or [None]))
+    return report
+
+
+def tensor_bytes(model: onnx.ModelProto, memory_budget: int) -> int:
+    """What ``memory_budget`` (less what the layer-input moments hold) leaves for exposed tensors once the
+    session holds ``model``'s weights: the budget bounds the pass's memory, weights included (a quarter of
+    it at least, so that a model whose weights alone pass the budget still runs in segments of some size)."""
+    weights = sum(init.ByteSize() for init in model.graph.initializer)
+    return max(memory_budget - weights, memory_budget // 4)
 
 
 def assemble(model_path: Path, parts: Sequence[PassPart], preprocess: Preprocess, bins: int, seconds: float,

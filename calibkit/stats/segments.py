@@ -12,6 +12,7 @@ layout (EfficientNet-Lite0's statistics and moments come out to the bit: ``tests
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import helper
+from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
@@ -115,19 +117,45 @@ def split_like(model: onnx.ModelProto, names: Sequence[str], groups: Sequence[Se
     return split(model, names, {}, 0, order=order, cuts=cuts)
 
 
+# Where :func:`weights_apart` writes a model's weights, beside the segment files that refer to them.
+WEIGHTS_FILE = "weights.bin"
+
+
+def weights_apart(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers refer to ``folder/weights.bin``, written from ``model``
+    tensor by tensor: segments split from it and saved into ``folder`` load their own share of the weights
+    from that file, and the 470 MB of a large model are never held twice. ``model`` is left without its
+    weights' values (drop it)."""
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=1024,
+                                   convert_attribute=False)
+    write_external_data_tensors(model, str(folder))
+    light = onnx.ModelProto()
+    light.CopyFrom(model)  # a message of its own: the emptied one keeps its weights' memory until it goes
+    return light
+
+
 class SegmentedSession:
-    """One ONNX Runtime session per segment (``path`` names the model in messages), run in turn."""
+    """One ONNX Runtime session per segment (``path`` names the model in messages), run in turn.
+
+    Each segment is saved to a file of ``folder`` (where :func:`weights_apart` may have put the weights it
+    refers to; a temporary folder of its own by default) and its session loaded from there.
+    ``resident=False`` holds no session between runs: each segment is loaded as it runs, so only one
+    segment's weights are in memory at a time, for a pass that runs several large models side by side
+    over a few images (the per-layer drift of compare)."""
 
     def __init__(self, path: Path, segments: list[Segment], backend: str = "ort-cpu", threads: int = 0,
-                 **options) -> None:
+                 resident: bool = True, folder: tempfile.TemporaryDirectory | None = None, **options) -> None:
+        self.path, self.backend, self.threads, self.options = Path(path), backend, threads, options
+        self._folder = folder or tempfile.TemporaryDirectory(prefix="calibkit-segments-")
         self.sessions = []
-        for segment in segments:  # each segment's graph (a share of the weights) is let go once it is loaded
-            self.sessions.append(load(Path(path), "fp32", backend, model=segment.model, threads=threads, arena=False,
-                                      **options))
+        for index, segment in enumerate(segments):  # each segment's graph (a share of the weights) is let go once saved
+            saved = Path(self._folder.name) / f"segment-{index}.onnx"
+            onnx.save(segment.model, str(saved))
             segment.model = None
+            self.sessions.append(self._load(saved) if resident else saved)
         self.segments = segments
         self.input_name = self.segments[0].inputs[0]
-        self.fixed_batch = self.sessions[0].fixed_batch
+        self.fixed_batch = self._session(0).fixed_batch
         last_read: dict[str, int] = {}
         for index, segment in enumerate(self.segments):
             last_read.update(dict.fromkeys(segment.inputs, index))
@@ -135,15 +163,24 @@ class SegmentedSession:
         self._released = [[name for name, last in last_read.items() if last == index]
                           for index in range(len(self.segments))]
 
+    def _load(self, saved: Path):
+        return load(self.path, "fp32", self.backend, model=saved, threads=self.threads, arena=False, **self.options)
+
+    def _session(self, index: int):
+        held = self.sessions[index]
+        return self._load(held) if isinstance(held, Path) else held
+
     def run(self, batch: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
         """Each segment's exposed tensors for ``batch``, segment by segment: a caller that folds and drops
         them before asking for the next holds one segment's tensors at a time. A model with a fixed batch
         size runs it chunk by chunk (the padding cut off), each chunk through every segment."""
         for chunk, real in pieces(batch, self.fixed_batch):
             frontier: dict[str, np.ndarray] = {self.input_name: chunk}
-            for segment, session, released in zip(self.segments, self.sessions, self._released):
+            for index, (segment, released) in enumerate(zip(self.segments, self._released)):
                 feeds = {name: frontier[name] for name in segment.inputs}
+                session = self._session(index)
                 values = {**feeds, **session.run_feeds(feeds, session.output_names)}
+                del session
                 for name in released:
                     del frontier[name]
                 frontier.update({name: values[name] for name in segment.carried})

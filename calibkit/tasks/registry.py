@@ -36,6 +36,12 @@ def available_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def budget_metrics_by_task() -> dict[str, tuple[str, ...]]:
+    """What ``--budget-metric`` may name, per registered task with an accuracy budget."""
+    _load_plugins()
+    return {name: cls.budget_metrics for name, cls in sorted(_REGISTRY.items()) if cls.budget_metrics}
+
+
 def detect_task(outputs: Sequence[OutputInfo], input_size: tuple[int, int],
                 metadata: Mapping[str, str] | None = None) -> str:
     """The one task the model's ``task`` metadata names (:attr:`Task.exporter_tasks`), else the one whose

@@ -9,10 +9,12 @@ from calibkit.workflow.candidates import (CALIBRATED_GRAPH, RUN_WEIGHTS, check_m
                                           fp16_candidate, int8_candidates, method_label, ranges_candidate,
                                           ranges_weights, run_exclusions, run_graph, run_weights)
 from calibkit.workflow.comparison import (bench_models, calibration_overlap, calibration_sections, compare_and_report,
-                                          image_cache, model_task, sensitivity_and_budget, usable_batch_sizes)
+                                          image_cache, model_task, partial_report, sensitivity_and_budget,
+                                          usable_batch_sizes)
 
 __all__ = ["CALIBRATED_GRAPH", "ENGINE_CHECK", "RUN_WEIGHTS", "CalibrationRun", "bench_models", "calibrate",
-           "calibration_overlap", "calibration_sections", "check_made_from", "check_run_matches", "compare_and_report",
-           "engine_check", "fp16_candidate", "image_cache", "input_shape", "int8_candidates", "method_label",
-           "model_preprocess", "model_preset", "model_task", "ranges_candidate", "ranges_weights", "run_exclusions",
-           "run_graph", "run_weights", "sensitivity_and_budget", "usable_batch_sizes"]
+           "calibration_overlap", "calibration_sections", "check_made_from", "check_run_matches",
+           "compare_and_report", "engine_check", "fp16_candidate", "image_cache", "input_shape", "int8_candidates",
+           "method_label", "model_preprocess", "model_preset", "model_task", "partial_report", "ranges_candidate",
+           "ranges_weights", "run_exclusions", "run_graph", "run_weights", "sensitivity_and_budget",
+           "usable_batch_sizes"]

@@ -7,44 +7,43 @@ import hashlib
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import onnx
 
 from calibkit.artifacts.method_files import MethodFiles, export_targets, qdq_paths, write_all
 from calibkit.artifacts.placement import quantized_inputs, quantized_nodes
 from calibkit.artifacts.qdq import resolve_exclusions
-from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
-from calibkit.backends import require
 from calibkit.backends.base import backend_info
-from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, parse_methods, warn_clipping,
+from calibkit.calib.registry import (Calibrator, TensorRange, compute_ranges, warn_clipping,
                                     with_full_range)
-from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, check_rounding, refine_weights
+from calibkit.calib.weights import MIN_SAMPLES_PER_COLUMN, RefinedWeights, refine_weights
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset, metadata_size, preset_for
-from calibkit.distributed import check_backend, sharded_statistics
+from calibkit.distributed import sharded_statistics
 from calibkit.engine.summary import EngineSettings, reproducible
 from calibkit.equalize import equalize, tensors_to_measure
-from calibkit.fileio import atomic_path, ensure_writable_dir, write_text_atomic
+from calibkit.fileio import atomic_path, write_text_atomic
 from calibkit.memory import peak_rss_gb, trim_heap
-from calibkit.normalize import Normalized, check_equivalent, normalized_model
+from calibkit.normalize import FP32Reference, Normalized, check_equivalent, fp32_reference, normalized_model
 from calibkit.notices import recording, warned_so_far
-from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata
+from calibkit.onnx_model import file_sha256, image_input, model_metadata, model_outline
 from calibkit.progress import progress
-from calibkit.run_folder import SUMMARY, TIMINGS, check_out_folder, run_transaction
+from calibkit.run_folder import SUMMARY, TIMINGS, run_transaction
 from calibkit.samplers.coverage import coverage_report
 from calibkit.samplers.embedding import readable_embeddings, thumbnail_embeddings
 from calibkit.samplers.registry import sample
 from calibkit.samplers.sufficiency import Reference, sufficiency
-from calibkit.stats import MEMORY_BUDGET
 from calibkit.stats.channels import channel_absmax
 from calibkit.stats.collect import CollectedStats, collect_statistics
 from calibkit.stats.histogram import DEFAULT_BINS
 from calibkit.stats.moments import MOMENT_IMAGES, MomentCollector, weighted_layers
 from calibkit.workflow.candidates import CALIBRATED_GRAPH, RUN_WEIGHTS, fp16_candidate
+from calibkit.workflow.config import CalibrationConfig
 
 
 @dataclass
@@ -83,7 +82,7 @@ def model_preprocess(
     """The preprocessing to feed ``model_path``: a preset (``None``: the one its exporter's metadata
     implies, :func:`~calibkit.data.preprocess.preset_for`) or explicit settings, fitted to its input (a
     dynamic one at ``size``, else at the size the exporter recorded)."""
-    proto = load_model(model_path)
+    proto = model_outline(model_path)
     metadata = model_metadata(proto)
     spec = preprocess if isinstance(preprocess, Preprocess) else get_preset(preprocess or preset_for(metadata))
     info = image_input(proto, model_path)
@@ -94,7 +93,7 @@ def model_preprocess(
 
 def model_preset(model_path: Path) -> Preprocess:
     """The preset ``model_path``'s exporter metadata implies (before any flag overrides it)."""
-    return get_preset(preset_for(model_metadata(load_model(model_path))))
+    return get_preset(preset_for(model_metadata(model_outline(model_path))))
 
 
 def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
@@ -102,22 +101,23 @@ def input_shape(preprocess: Preprocess) -> tuple[int, int, int]:
     return preprocess.input_shape()
 
 
-def check_shape(model: Path, original: onnx.ModelProto, preprocess: Preprocess) -> tuple[int, ...]:
-    """Input shape (batch included) on which a rewritten graph is checked against ``original``."""
-    return (image_input(original, model).batch or 1, *input_shape(preprocess))
+def check_shape(model: Path, preprocess: Preprocess) -> tuple[int, ...]:
+    """Input shape (batch included) on which a rewritten graph is checked against the model."""
+    return (image_input(model_outline(model), model).batch or 1, *input_shape(preprocess))
 
 
-def normalized_graph(model: Path, original: onnx.ModelProto, preprocess: Preprocess) -> Normalized:
-    """The graph calibration runs on, checked against the model's FP32 outputs at ``preprocess``'s size."""
+def normalized_graph(model: Path, reference: FP32Reference) -> Normalized:
+    """The graph calibration runs on, checked against the model's FP32 outputs."""
     graph = normalized_model(model)
-    check_equivalent(original, graph, check_shape(model, original, preprocess), model)
+    check_equivalent(reference, graph, model)
     return graph
 
 
-def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, chosen: Sequence[ImageItem],
-                    preprocess: Preprocess, out: Path, skip_bad: bool = False) -> tuple[Path, str]:
+def equalized_graph(model: Path, reference: FP32Reference, chosen: Sequence[ImageItem], preprocess: Preprocess,
+                    out: Path, skip_bad: bool = False) -> tuple[Path, str]:
     """The graph to calibrate, ``out/model.calibrated.onnx`` where equalising changed it (checked against
     the model's FP32 outputs) else ``model``, and a line saying what was equalised."""
+    graph = normalized_model(model)
     targets = tensors_to_measure(graph.model)
     (out / CALIBRATED_GRAPH).unlink(missing_ok=True)
     if not targets:
@@ -127,8 +127,7 @@ def equalized_graph(model: Path, original: onnx.ModelProto, graph: Normalized, c
     equalized, done = equalize(graph.model, peaks)
     if not done.scales:
         return model, f"{len(targets)} depthwise input(s) already even"
-    check_equivalent(original, Normalized(equalized, graph.opset), check_shape(model, original, preprocess),
-                     out / CALIBRATED_GRAPH)
+    check_equivalent(reference, Normalized(equalized, graph.opset), out / CALIBRATED_GRAPH)
     with atomic_path(out / CALIBRATED_GRAPH) as tmp:
         onnx.save(equalized, str(tmp))
     return out / CALIBRATED_GRAPH, done.summary()
@@ -139,33 +138,11 @@ FEW_IMAGES = 100
 
 
 @recording
-def calibrate(
-    model: Path,
-    images: Path | Sequence[ImageItem],
-    out: Path,
-    methods: str = "entropy2",
-    samples: int | None = 500,
-    sampler: str = "random",
-    seed: int = 0,
-    preprocess: Preprocess | str | None = None,
-    batch_size: int | None = None,
-    skip_bad: bool = False,
-    labels: Path | None = None,
-    trt_version: int = DEFAULT_TRT_VERSION,
-    exclude: Sequence[str] = (),
-    shard_size: int | None = 50,
-    report_coverage: bool = True,
-    equalize_depthwise: bool = True,
-    weight_rounding: str = "gptq",
-    bias_correction: bool = True,
-    backend: str = "ort-cpu",
-    ray: str | None = None,
-    engines: EngineSettings | None = None,
-    force: bool = False,
-    memory_budget: int = MEMORY_BUDGET,
-) -> CalibrationRun:
+def calibrate(model: Path, images: Path | Sequence[ImageItem], out: Path, methods: str = "entropy2",
+              **options) -> CalibrationRun:
     """Calibrate ``model`` on a sample of ``images`` with every method in ``methods``; write to ``out``.
 
+    ``options`` are the fields of :class:`~calibkit.workflow.config.CalibrationConfig`, checked before any work.
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
     ``batch_size`` defaults to the backend's statistics batch (``BackendInfo.stats_batch``). With
@@ -181,116 +158,204 @@ def calibrate(
     after any failure or signal; ``force`` writes into a folder holding files calibkit did not write.
     """
     began = time.perf_counter()
-    model, out = Path(model), Path(out)
-    calibrators = {c.label: c for c in parse_methods(methods)}
-    check_rounding(weight_rounding)
-    check_backend(ray, backend)
-    require(backend, lambda info: info.stats_batch is not None, "the statistics pass")
-    check_out_folder(out, force)
-    ensure_writable_dir(out.parent)
-    spec = model_preprocess(model, preprocess)
-    original = load_model(model)
-    graph = normalized_graph(model, original, spec)
-    resolve_exclusions(graph.model, exclude)
-    pool = discover_images(Path(images), labels) if isinstance(images, (str, Path)) else list(images)
-    timings: dict[str, float] = {"checks_s": time.perf_counter() - began}
-    start = time.perf_counter()
-    if skip_bad and samples and samples < len(pool):
+    state = Calibration(CalibrationConfig(model, images, out, methods, **options))
+    prepare(state)
+    state.timings["checks_s"] = time.perf_counter() - began
+    with state.timed("sampling_s"):
+        choose_images(state)
+    with run_transaction(state.config.out, state.config.force) as staging:  # written beside, moved in whole
+        state.staging = staging
+        for stage in STAGES:
+            stage(state)
+        state.timings["total_s"] = time.perf_counter() - began
+        state.timings["peak_rss_gb"] = peak_rss_gb()
+        return write_summary(state)
+
+
+@dataclass
+class Calibration:
+    """A calibration as its stages fill it in, from the checked options to the exports' results."""
+
+    config: CalibrationConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    staging: Path | None = None  # the folder the run is written into, moved to ``config.out`` at the end
+    spec: Preprocess | None = None
+    reference: FP32Reference | None = None
+    normalisation: str = ""
+    pool: list[ImageItem] = field(default_factory=list)
+    chosen: list[ImageItem] = field(default_factory=list)
+    coverage: dict | None = None
+    source: Path | None = None  # the FP32 graph calibrated: the model, or its equalised graph
+    equalized: str = "off"
+    layers: list = field(default_factory=list)
+    moments: MomentCollector | None = None
+    stats: CollectedStats | None = None
+    weights: RefinedWeights | None = None
+    ranges: dict[str, dict[str, TensorRange]] = field(default_factory=dict)
+    references: dict[str, Reference] = field(default_factory=dict)
+    sufficiency: dict | None = None
+    engine: dict | None = None
+    kept_float: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Record the block's wall time as ``timings[key]``."""
+        start = time.perf_counter()
+        yield
+        self.timings[key] = time.perf_counter() - start
+
+
+def prepare(state: Calibration) -> None:
+    """The preprocessing, the model's FP32 reference outputs and its normalised graph (checked against
+    them), the exclusions resolved against it, and the image pool."""
+    config = state.config
+    state.spec = model_preprocess(config.model, config.preprocess)
+    state.reference = fp32_reference(config.model, check_shape(config.model, state.spec))
+    graph = normalized_graph(config.model, state.reference)
+    resolve_exclusions(graph.model, config.exclude)
+    state.normalisation = graph.summary()
+    del graph  # read again where needed: not held beside the sessions of a large model
+    images = config.images
+    state.pool = discover_images(Path(images), config.labels) if isinstance(images, (str, Path)) else list(images)
+
+
+def choose_images(state: Calibration) -> None:
+    """The calibration subset, drawn by the sampler (unreadable images left out first with ``skip_bad``)."""
+    config, pool = state.config, state.pool
+    if config.skip_bad and config.samples and config.samples < len(pool):
         pool, _ = readable_embeddings(pool, skip_bad=True)
-    chosen = sample(pool, samples, sampler, seed)
-    timings["sampling_s"] = time.perf_counter() - start
-    if len(chosen) < FEW_IMAGES:
-        warnings.warn(f"calibrating on {len(chosen)} image(s): ranges from so few rarely hold for other images "
-                      "(TensorRT suggests about 500); pass more images", stacklevel=2)
-    # written into a staging folder beside ``final``, moved in when every file is written
-    final = out
-    with run_transaction(final, force) as out:
-        coverage = None
-        if report_coverage and len(chosen) < len(pool):
-            start = time.perf_counter()
-            coverage = coverage_report(pool, chosen, thumbnail_embeddings(pool))
-            timings["coverage_s"] = time.perf_counter() - start
-        source, equalized = model, "off"
-        if equalize_depthwise:
-            start = time.perf_counter()
-            source, equalized = equalized_graph(model, original, graph, chosen, spec, out, skip_bad)
-            timings["equalization_s"] = time.perf_counter() - start
-        trim_heap()  # what the checks and equalisation freed goes back before the statistics pass
-        calibrated = normalized_model(source).model
-        layers = weighted_layers(calibrated, quantized_nodes(calibrated))
-        del calibrated  # not held through the pass: a second copy of a large model's weights
-        moments = (MomentCollector(layers, min(MOMENT_IMAGES, len(chosen)), MIN_SAMPLES_PER_COLUMN, seed=seed)
-                   if weight_rounding != "nearest" or bias_correction else None)
-        batch = batch_size or backend_info(backend).stats_batch
-        if ray:
-            stats = sharded_statistics(source, chosen, spec, batch, DEFAULT_BINS, skip_bad, shard_size or 50, moments, ray,
-                                       memory_budget)
-        else:
-            stats = collect_statistics(source, chosen, spec, batch_size=batch, skip_bad=skip_bad, shard_size=shard_size,
-                                       moments=moments, backend=backend, memory_budget=memory_budget)
-        timings["statistics_s"] = stats.seconds
-        timings["statistics_graph_segments"] = stats.segments
-        trim_heap()  # the pass's sessions are gone: what they freed goes back before the exports
-        start = time.perf_counter()
-        calibrated = normalized_model(source).model
-        weights = refine_weights(calibrated, layers, moments.moments if moments else {}, weight_rounding, bias_correction)
-        weights.save(out / RUN_WEIGHTS)
-        timings["weights_s"] = time.perf_counter() - start
-        stats.provenance.update({"model": model.name, "model_sha256": file_sha256(model), "calibrated graph": source.name,
-                                 "sampler": sampler, "seed": seed, "pool_size": len(pool),
-                                 "graph normalisation": graph.summary(), "depthwise equalisation": equalized,
-                                 "weights": weights.summary(),
-                                 "weights_file": {"file": RUN_WEIGHTS, "sha256": file_sha256(out / RUN_WEIGHTS)}})
-        # what every file of the run records, so a folder mixing two runs' files is refused when read
-        stats.provenance["run_id"] = hashlib.sha256(json.dumps(
-            [stats.provenance, list(calibrators), list(exclude), trt_version], sort_keys=True).encode()).hexdigest()[:16]
-        stats.save(out / "stats.npz")
-        write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in stats.images))
-        ranges, references = {}, {}
-        quantized = quantized_inputs(calibrated)
-        model_inputs = [i.name for i in calibrated.graph.input]
-        start = time.perf_counter()
-        for label, calibrator in calibrators.items():
-            computed = compute_ranges(stats.tensors, calibrator)
-            references[label] = Reference.of(computed)
-            ranges[label] = with_full_range(computed, model_inputs)
-            warn_clipping(label, ranges[label], quantized)
-        timings["ranges_s"] = time.perf_counter() - start
-        jobs = [MethodFiles(source, out, calibrator, ranges[label], stats.provenance, trt_version, tuple(exclude), weights)
-                for label, calibrator in calibrators.items()]
+    state.pool = pool
+    state.chosen = sample(pool, config.samples, config.sampler, config.seed)
+    if len(state.chosen) < FEW_IMAGES:
+        warnings.warn(f"calibrating on {len(state.chosen)} image(s): ranges from so few rarely hold for other images "
+                      "(TensorRT suggests about 500); pass more images", stacklevel=3)
 
-        def check_sufficiency() -> dict | None:
-            if len(stats.shards) < 2:
-                if shard_size:
-                    warnings.warn(f"sufficiency check skipped: {len(chosen)} image(s) make fewer than two shards "
-                                  f"of {shard_size}, so there is no subset to compare the ranges with", stacklevel=2)
-                return None
-            started = time.perf_counter()
-            result = sufficiency(stats.shards, stats.shard_images, list(calibrators.values()),
-                                 max_cost=SUFFICIENCY_MAX_COST, references=references)
-            timings["sufficiency_s"] = time.perf_counter() - started
-            return result
 
-        start = time.perf_counter()
-        with progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
-            enough = write_all(jobs, check_sufficiency, lambda label: bar.update(1))
-        timings["export_s"] = time.perf_counter() - start
-        engine, kept_float = None, []
-        if engines is not None:
-            start = time.perf_counter()
-            engine, kept_float = checked_exports(model, out, spec, engines, source, ranges, exclude, weights)
-            write_text_atomic(out / ENGINE_CHECK, json.dumps(reproducible(engine), indent=1) + "\n")
-            timings["engine_check_s"] = time.perf_counter() - start
-        timings["total_s"] = time.perf_counter() - began
-        timings["peak_rss_gb"] = peak_rss_gb()
-        summary = {"model": str(model), "methods": list(calibrators), "exclude": [*exclude, *kept_float],
-                   "kept float for TensorRT": kept_float, **stats.provenance,
-                   "coverage": coverage, "sufficiency": enough, "warnings": warned_so_far()}
-        write_text_atomic(out / TIMINGS, json.dumps(timings, indent=1) + "\n")
-        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
-        run = CalibrationRun(final, model, stats, ranges, calibrators, chosen, timings, enough, coverage, engine,
-                             summary["warnings"])
-    return run
+def measure_coverage(state: Calibration) -> None:
+    """How well the subset covers the pool, where it is a subset."""
+    if state.config.report_coverage and len(state.chosen) < len(state.pool):
+        with state.timed("coverage_s"):
+            state.coverage = coverage_report(state.pool, state.chosen, thumbnail_embeddings(state.pool))
+
+
+def equalize_graph(state: Calibration) -> None:
+    """The graph to calibrate: the model, or its depthwise-equalised graph (kept in the run)."""
+    config = state.config
+    state.source = config.model
+    if config.equalize_depthwise:
+        with state.timed("equalization_s"):
+            state.source, state.equalized = equalized_graph(config.model, state.reference, state.chosen, state.spec,
+                                                            state.staging, config.skip_bad)
+    trim_heap()  # what the checks and equalisation freed goes back before the statistics pass
+
+
+def collect(state: Calibration) -> None:
+    """The one statistics pass (in Ray tasks with ``ray``), with the weighted layers' input moments."""
+    config = state.config
+    calibrated = normalized_model(state.source).model
+    state.layers = weighted_layers(calibrated, quantized_nodes(calibrated))
+    del calibrated  # not held through the pass: a second copy of a large model's weights
+    if config.weight_rounding != "nearest" or config.bias_correction:
+        state.moments = MomentCollector(state.layers, min(MOMENT_IMAGES, len(state.chosen)), MIN_SAMPLES_PER_COLUMN,
+                                        seed=config.seed)
+    batch = config.batch_size or backend_info(config.backend).stats_batch
+    if config.ray:
+        state.stats = sharded_statistics(state.source, state.chosen, state.spec, batch, DEFAULT_BINS, config.skip_bad,
+                                         config.shard_size or 50, state.moments, config.ray, config.memory_budget)
+    else:
+        state.stats = collect_statistics(state.source, state.chosen, state.spec, batch_size=batch,
+                                         skip_bad=config.skip_bad, shard_size=config.shard_size, moments=state.moments,
+                                         backend=config.backend, memory_budget=config.memory_budget)
+    state.timings["statistics_s"] = state.stats.seconds
+    state.timings["statistics_graph_segments"] = state.stats.segments
+    trim_heap()  # the pass's sessions are gone: what they freed goes back before the exports
+
+
+def refine(state: Calibration) -> None:
+    """The run's INT8 weights (rounded, biases corrected), then its provenance, statistics and image list."""
+    config, out = state.config, state.staging
+    with state.timed("weights_s"):
+        calibrated = normalized_model(state.source).model
+        state.weights = refine_weights(calibrated, state.layers, state.moments.moments if state.moments else {},
+                                       config.weight_rounding, config.bias_correction)
+        state.weights.save(out / RUN_WEIGHTS)
+    provenance = state.stats.provenance
+    provenance.update({"model": config.model.name, "model_sha256": file_sha256(config.model),
+                       "calibrated graph": state.source.name, "sampler": config.sampler, "seed": config.seed,
+                       "pool_size": len(state.pool), "graph normalisation": state.normalisation,
+                       "depthwise equalisation": state.equalized, "weights": state.weights.summary(),
+                       "weights_file": {"file": RUN_WEIGHTS, "sha256": file_sha256(out / RUN_WEIGHTS)}})
+    # what every file of the run records, so a folder mixing two runs' files is refused when read
+    provenance["run_id"] = hashlib.sha256(json.dumps(
+        [provenance, list(config.calibrators), list(config.exclude), config.trt_version],
+        sort_keys=True).encode()).hexdigest()[:16]
+    state.stats.save(out / "stats.npz")
+    write_text_atomic(out / "images.txt", "".join(f"{p}\n" for p in state.stats.images))
+
+
+def compute_all_ranges(state: Calibration) -> None:
+    """Every calibrator's ranges from the statistics (the graph input at its full range), with a warning
+    where one clips a quantized tensor hard."""
+    calibrated = normalized_model(state.source).model
+    quantized = quantized_inputs(calibrated)
+    model_inputs = [i.name for i in calibrated.graph.input]
+    with state.timed("ranges_s"):
+        for label, calibrator in state.config.calibrators.items():
+            computed = compute_ranges(state.stats.tensors, calibrator)
+            state.references[label] = Reference.of(computed)
+            state.ranges[label] = with_full_range(computed, model_inputs)
+            warn_clipping(label, state.ranges[label], quantized)
+
+
+def export(state: Calibration) -> None:
+    """Each calibrator's cache, JSON and Q/DQ models, with the sufficiency check of the ranges beside them."""
+    config = state.config
+    jobs = [MethodFiles(state.source, state.staging, calibrator, state.ranges[label], state.stats.provenance,
+                        config.trt_version, config.exclude, state.weights)
+            for label, calibrator in config.calibrators.items()]
+    with state.timed("export_s"), progress(len(jobs), "ranges and Q/DQ exports", unit="method") as bar:
+        state.sufficiency = write_all(jobs, lambda: check_sufficiency(state), lambda label: bar.update(1))
+
+
+def check_sufficiency(state: Calibration) -> dict | None:
+    """Whether fewer images would have given the same ranges (:mod:`calibkit.samplers.sufficiency`)."""
+    stats, config = state.stats, state.config
+    if len(stats.shards) < 2:
+        if config.shard_size:
+            warnings.warn(f"sufficiency check skipped: {len(state.chosen)} image(s) make fewer than two shards "
+                          f"of {config.shard_size}, so there is no subset to compare the ranges with", stacklevel=2)
+        return None
+    with state.timed("sufficiency_s"):
+        return sufficiency(stats.shards, stats.shard_images, list(config.calibrators.values()),
+                           max_cost=SUFFICIENCY_MAX_COST, references=state.references)
+
+
+def check_built_engines(state: Calibration) -> None:
+    """With ``engines``, what TensorRT-RTX builds of the exports (nodes it runs in float kept float)."""
+    config = state.config
+    if config.engines is None:
+        return
+    with state.timed("engine_check_s"):
+        state.engine, state.kept_float = checked_exports(config.model, state.staging, state.spec, config.engines,
+                                                         state.source, state.ranges, config.exclude, state.weights)
+        write_text_atomic(state.staging / ENGINE_CHECK, json.dumps(reproducible(state.engine), indent=1) + "\n")
+
+
+# The stages a calibration runs inside its run folder's transaction, in order.
+STAGES = (measure_coverage, equalize_graph, collect, refine, compute_all_ranges, export, check_built_engines)
+
+
+def write_summary(state: Calibration) -> CalibrationRun:
+    """``timings.json`` and, last, ``summary.json`` (a run folder without it did not finish)."""
+    config, out = state.config, state.staging
+    summary = {"model": str(config.model), "methods": list(config.calibrators),
+               "exclude": [*config.exclude, *state.kept_float], "kept float for TensorRT": state.kept_float,
+               **state.stats.provenance, "coverage": state.coverage, "sufficiency": state.sufficiency,
+               "warnings": warned_so_far()}
+    write_text_atomic(out / TIMINGS, json.dumps(state.timings, indent=1) + "\n")
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
+    return CalibrationRun(config.out, config.model, state.stats, state.ranges, config.calibrators, state.chosen,
+                          state.timings, state.sufficiency, state.coverage, state.engine, summary["warnings"])
 
 
 def checked_exports(model: Path, out: Path, preprocess: Preprocess, settings: EngineSettings, source: Path,
@@ -328,5 +393,5 @@ def engine_check(model: Path, candidates: Sequence[Candidate], preprocess: Prepr
         candidates = [*candidates, fp16_candidate(model, out)]
     models = [EngineModel("fp32", "fp32", Path(model), "fp32")]
     models += [EngineModel(c.name, c.precision, c.model, c.calibrator or c.precision) for c in candidates]
-    shape = check_shape(model, load_model(model), preprocess)
+    shape = check_shape(model, preprocess)
     return check_engines(models, shape, settings, Path(out))

@@ -21,7 +21,7 @@ from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
 from calibkit.memory import peak_rss_gb, trim_heap
 from calibkit.notices import merge, recording, warned_so_far
-from calibkit.onnx_model import file_sha256, image_input, load_model, model_metadata, model_outputs
+from calibkit.onnx_model import file_sha256, image_input, model_metadata, model_outline, model_outputs
 from calibkit.progress import log, progress
 from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY, TIMINGS
@@ -52,7 +52,7 @@ def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[
 
 def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
     """``requested``, or the model's own batch size (with a warning) when its batch axis is fixed."""
-    fixed = image_input(load_model(model), model).batch
+    fixed = image_input(model_outline(model), model).batch
     if fixed is None or list(requested) == [fixed] or not requested:
         return list(requested)
     warnings.warn(f"{model}: the model's batch size is fixed at {fixed}; timing batch {fixed} only", stacklevel=2)
@@ -62,7 +62,7 @@ def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
 def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
                options: Mapping[str, str] | None = None, items: Sequence[ImageItem] = ()) -> Task:
     """The task plug-in for ``model`` (detected from its outputs for ``auto``), set up for ``preprocess``."""
-    proto = load_model(model)
+    proto = model_outline(model)
     outputs = [OutputInfo(name, shape) for name, shape in model_outputs(proto)]
     labels = [item.label for item in items]
     num_labels = max(labels) + 1 if labels and None not in labels else None
@@ -174,13 +174,21 @@ def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict
     return comparison
 
 
+def partial_report(report: Path) -> Path:
+    """Where a finished comparison waits for its per-layer drift: beside ``report``, which keeps the
+    earlier report whole until this one is complete (after an interrupt, both are there)."""
+    return Path(report).with_name(f"{Path(report).stem}.partial.html")
+
+
 class Publisher:
     """Writes the report (HTML and JSON) as the comparison grows: each time with every warning so far, the
-    recommendation and the peak memory of the command up to then."""
+    recommendation and the peak memory of the command up to then. A comparison still waiting for its
+    per-layer pass goes to :func:`partial_report`; the first complete one replaces the report and
+    removes the partial one."""
 
     def __init__(self, report: Path, task: Task, earlier_warnings: Sequence[str], provenance: dict,
                  extras: dict) -> None:
-        self.report, self.task, self.earlier = report, task, list(earlier_warnings)
+        self.report, self.task, self.earlier = Path(report), task, list(earlier_warnings)
         self.provenance, self.extras = provenance, extras
 
     def __call__(self, comparison: dict, speed: Sequence[dict] = ()) -> None:
@@ -190,9 +198,24 @@ class Publisher:
         self.provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
         comparison["warnings"] = merge(list(self.earlier), warned_so_far())
         comparison["recommendation"] = recommendation(self.task, comparison["candidates"], speed)
-        write_report(self.report, comparison, list(speed), provenance=dict(self.provenance), **self.extras)
-        if comparison.get("layers_pending"):
-            log(f"comparison written to {self.report}; the per-layer drift follows")
+        pending, partial = comparison.get("layers_pending"), partial_report(self.report)
+        write_report(partial if pending else self.report, comparison, list(speed), provenance=dict(self.provenance),
+                     **self.extras)
+        if pending:
+            log(f"comparison written to {partial}; the per-layer drift follows, then {self.report.name}")
+            return
+        if is_partial_report(partial):
+            for path in (partial, partial.with_suffix(".json")):
+                path.unlink(missing_ok=True)
+
+
+def is_partial_report(path: Path) -> bool:
+    """True when ``path`` is a comparison calibkit wrote to wait for its per-layer pass (never a user's file)."""
+    try:
+        document = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and bool(document.get("comparison", {}).get("layers_pending"))
 
 
 def report_sections(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,

@@ -62,3 +62,21 @@ def test_decoding_happens_once_however_many_passes(small_model, setup):
     for _ in range(3):
         assert sum(len(batch.items) for batch in cache) == len(items)
     assert calls == [1]
+
+
+def test_outputs_past_the_memory_bound_go_to_disk_and_read_back_in_order():
+    import numpy as np
+
+    from calibkit.compare.image_cache import OutputCache
+
+    rng = np.random.default_rng(0)
+    batches = [{"boxes": rng.standard_normal((2, 5)).astype(np.float32), "count": np.array([index])}
+               for index in range(4)]
+    cache = OutputCache(in_memory_bytes=2 * sum(v.nbytes for v in batches[0].values()))
+    for outputs in batches:
+        cache.append(outputs)
+    assert sum(isinstance(entry, dict) for entry in cache._entries) == 2, "the first two stay in RAM"
+    for got, expected in zip(cache, batches, strict=True):
+        assert list(got) == list(expected)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])

@@ -38,3 +38,27 @@ def test_inline_per_layer_drift_equals_the_separate_pass(small_model, image_fold
     metrics = inline["candidates"][0]["metrics"]  # exposed tensors change ORT's fusions: rounding-level changes
     for key, value in separate["candidates"][0]["metrics"].items():
         assert metrics[key] == (value if value is None else pytest.approx(value, rel=1e-5, abs=1e-9)), key
+
+
+def test_models_too_large_to_hold_together_run_one_at_a_time_with_the_same_result(small_model, image_folder, tmp_path,
+                                                                                   monkeypatch):
+    import calibkit.compare.run as run
+    from calibkit.workflow import fp16_candidate
+
+    items = discover_images(image_folder)
+    ranges = compute_ranges(collect_statistics(small_model, items, SPEC, batch_size=4).tensors,
+                            get_calibrator("minmax"))
+    quantized = export_qdq(small_model, ranges, tmp_path / "q.onnx")
+    candidates = [Candidate("int8", "int8", quantized, quantized), fp16_candidate(small_model, tmp_path)]
+    task = model_task(small_model, SPEC, "classification", items=items)
+    together = compare_models(small_model, candidates, items, SPEC, task, batch_size=4, layer_images=0)
+    loaded = []
+    real_load = run.load
+    monkeypatch.setattr(run, "load", lambda path, *args, **kwargs: loaded.append(path) or real_load(path, *args, **kwargs))
+    monkeypatch.setattr("calibkit.memory.RESIDENT_WEIGHT_BYTES", 0)
+    apart = compare_models(small_model, candidates, items, SPEC, task, batch_size=4, layer_images=0)
+    assert loaded == [small_model, quantized, candidates[1].model], "each model loaded once, one after the other"
+    for mine, theirs in zip(apart["candidates"], together["candidates"]):
+        assert mine["metrics"] == theirs["metrics"] and mine["outputs"] == theirs["outputs"]
+        assert mine["details"] == theirs["details"]
+    assert apart["images"] == together["images"] == len(items)

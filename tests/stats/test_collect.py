@@ -85,3 +85,14 @@ def test_a_failing_moment_update_stops_the_pass():
             for value in range(6):
                 calls.submit(record, value)
     assert seen[:3] == [0, 1, 2] and 3 not in seen
+
+
+def test_the_memory_budget_covers_the_weights_before_the_tensors(small_model):
+    import onnx
+
+    from calibkit.stats.collect import tensor_bytes
+
+    model = onnx.load(str(small_model))
+    weights = sum(init.ByteSize() for init in model.graph.initializer)
+    assert tensor_bytes(model, 10 * weights) == 9 * weights
+    assert tensor_bytes(model, weights) == weights // 4, "weights past the budget still leave segments some room"

@@ -95,3 +95,22 @@ def test_a_layer_too_wide_for_its_samples_gets_the_mean_only():
     moments = collector.moments["fc"]
     assert moments.second is None
     np.testing.assert_allclose(moments.mean[0], np.full(64, 1.5))
+
+
+def test_second_moments_stop_at_their_byte_budget_in_graph_order():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="second")]
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), name) for name in ("w1", "w2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16, 8])], weights)
+    layers = weighted_layers(helper.make_model(graph, ir_version=8))
+    one_gram = 8 * 8 * 8  # float64 sums of one 8-column layer
+    collector = MomentCollector(layers, images=2, min_samples_per_column=1, gram_bytes=one_gram)
+    for _ in range(2):
+        collector.update({"x": rng.standard_normal((1, 16, 8)).astype(np.float32),
+                          "h": rng.standard_normal((1, 16, 8)).astype(np.float32)})
+    assert collector.moments["first"].second is not None
+    assert collector.moments["second"].second is None, "past the budget: the mean alone (round-to-nearest weights)"
+    assert collector.moments["second"].mean.shape == (1, 8)
+    assert collector.max_bytes >= one_gram

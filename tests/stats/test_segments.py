@@ -52,3 +52,20 @@ def test_a_pass_in_segments_gives_the_same_statistics_and_moments_to_the_bit(dem
         np.testing.assert_array_equal(moment.mean, cut_moments.moments[node].mean, err_msg=node)
         if moment.second is not None:
             np.testing.assert_array_equal(moment.second, cut_moments.moments[node].second, err_msg=node)
+
+
+def test_segments_loaded_as_they_run_give_the_same_tensors_and_hold_no_session(small_model):
+    from calibkit.stats.segments import SegmentedSession
+
+    model = normalized_model(small_model).model
+    names = float_activations(model)
+    sizes = activation_bytes(model, (1, 3, 32, 32))
+    image = np.random.default_rng(0).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    held = SegmentedSession(small_model, split(model, names, sizes, 1), resident=True)
+    loaded = SegmentedSession(small_model, split(model, names, sizes, 1), resident=False)
+    assert len(held.segments) > 3
+    assert all(hasattr(s, "run_feeds") for s in held.sessions) and not any(hasattr(s, "run_feeds") for s in loaded.sessions)
+    for mine, theirs in zip(loaded.run(image), held.run(image), strict=True):
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            np.testing.assert_array_equal(mine[name], theirs[name])

@@ -1,0 +1,74 @@
+"""Every option of a calibration in one validated object: built by the CLI and by notebooks alike, and
+checked once, before any model is loaded or image read (as scikit-learn checks an estimator's parameters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
+from calibkit.backends import require
+from calibkit.calib.registry import Calibrator, parse_methods
+from calibkit.calib.weights import check_rounding
+from calibkit.data.images import ImageItem
+from calibkit.data.preprocess import Preprocess
+from calibkit.distributed import check_backend
+from calibkit.engine.summary import EngineSettings
+from calibkit.errors import CalibkitError
+from calibkit.fileio import ensure_writable_dir
+from calibkit.run_folder import check_out_folder
+from calibkit.samplers.registry import get_sampler
+from calibkit.stats import MEMORY_BUDGET
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What :func:`calibkit.workflow.calibrate` does, option by option (its docstring says what each does).
+
+    Construction checks every option's type, range and name against the registries, the backend and the
+    output folder: a bad value is one error line before any work. ``calibrators`` is what ``methods``
+    names, parsed."""
+
+    model: Path
+    images: Path | Sequence[ImageItem]
+    out: Path
+    methods: str = "entropy2"
+    samples: int | None = 500
+    sampler: str = "random"
+    seed: int = 0
+    preprocess: Preprocess | str | None = None
+    batch_size: int | None = None
+    skip_bad: bool = False
+    labels: Path | None = None
+    trt_version: int = DEFAULT_TRT_VERSION
+    exclude: Sequence[str] = ()
+    shard_size: int | None = 50
+    report_coverage: bool = True
+    equalize_depthwise: bool = True
+    weight_rounding: str = "gptq"
+    bias_correction: bool = True
+    backend: str = "ort-cpu"
+    ray: str | None = None
+    engines: EngineSettings | None = None
+    force: bool = False
+    memory_budget: int = MEMORY_BUDGET
+    calibrators: dict[str, Calibrator] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__.__get__(self)
+        set_field("model", Path(self.model))
+        set_field("out", Path(self.out))
+        set_field("exclude", tuple(self.exclude))
+        set_field("calibrators", {c.label: c for c in parse_methods(self.methods)})
+        check_rounding(self.weight_rounding)
+        check_backend(self.ray, self.backend)
+        require(self.backend, lambda info: info.stats_batch is not None, "the statistics pass")
+        check_out_folder(self.out, self.force)
+        ensure_writable_dir(self.out.parent)
+        get_sampler(self.sampler)
+        # 0 means "all images" (samples) or "the backend's own" (batch_size) or "no shards" (shard_size)
+        for name, low in (("samples", 0), ("seed", 0), ("batch_size", 0), ("shard_size", 0), ("memory_budget", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
