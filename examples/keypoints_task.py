@@ -33,6 +33,8 @@ class KeypointScorer(Scorer):
     """Counts over keypoints: FP32-visible ones, those the candidate puts within reach, their distances
     (input pixels) and the visibility calls both make alike; merged by adding."""
 
+    COUNTS = ("visible", "within", "distance", "agreeing", "total")
+
     def __init__(self, threshold: float, reach: float, cell: float) -> None:
         self.threshold, self.reach, self.cell = threshold, reach, cell
         self.visible = self.within = self.agreeing = self.total = 0
@@ -49,11 +51,8 @@ class KeypointScorer(Scorer):
             self.total += len(ref)
 
     def merge(self, other: "KeypointScorer") -> None:
-        self.visible += other.visible
-        self.within += other.within
-        self.distance += other.distance
-        self.agreeing += other.agreeing
-        self.total += other.total
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def result(self) -> dict[str, float | None]:
         return {"pck": 100 * self.within / self.visible if self.visible else None,

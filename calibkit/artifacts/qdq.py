@@ -77,14 +77,32 @@ def export_qdq(
     names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes
     :func:`~calibkit.artifacts.verify.verify_model`. ``weights`` (the run's rounded weights and corrected
     biases, :mod:`calibkit.calib.weights`) replace the quantizer's round-to-nearest ones."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-
     if target not in TARGETS:
         raise CalibkitError(f"unknown Q/DQ target {target!r}; use one of {TARGETS}")
     model = with_inferred_shapes(normalized_model(Path(model_path)).model)
     check_ranges_fit(model, ranges, model_path)
+    quantized = _quantized(model, ranges, exclude, target, keep_activations)
+    if weights is not None:
+        write_weight_levels(quantized, weights)
+    fold_activation_qdq(quantized, target)
+    if target == "tensorrt":
+        fuse_residual_adds(quantized)
+    with atomic_path(Path(out)) as tmp:
+        onnx.save(quantized, str(tmp))
+        del quantized, model
+        verify_model(tmp, Path(out))
+    return Path(out)
+
+
+def _quantized(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], exclude: Iterable[str], target: str,
+               keep_activations: bool) -> onnx.ModelProto:
+    """ONNX Runtime's QDQ quantizer run on ``model`` with calibkit's ranges, symmetric INT8 per-channel
+    weights and the placement rules (:mod:`calibkit.artifacts.placement`); the weights' Q/DQ pairs folded
+    to stored INT8 initializers."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
     table = TensorsData(
         CalibrationMethod.MinMax,
         {name: TensorData(lowest=np.float32(-r.amax), highest=np.float32(r.amax)) for name, r in ranges.items()},
@@ -118,13 +136,4 @@ def export_qdq(
     quantized = quantizer.model.model
     fold_weight_quantizers(quantized)
     quantizer.model.topological_sort()
-    if weights is not None:
-        write_weight_levels(quantized, weights)
-    fold_activation_qdq(quantized, target)
-    if target == "tensorrt":
-        fuse_residual_adds(quantized)
-    with atomic_path(Path(out)) as tmp:
-        onnx.save(quantized, str(tmp))
-        del quantized, quantizer, model
-        verify_model(tmp, Path(out))
-    return Path(out)
+    return quantized

@@ -205,10 +205,12 @@ def _compare_outputs(args: argparse.Namespace, candidates, run=None, note: str |
     report = _report_path(args)
     spec = _preprocess(args)
     result = compare_and_report(
-        args.model, items, spec, candidates, report, _task(args, spec, items), _fail_on(args), args.unusable_if,
-        args.batch_size or INFERENCE_BATCH_SIZE, args.skip_bad, [] if args.no_bench else args.bench_batch_sizes,
-        run, note, args.accuracy_budget, args.sensitivity_images, args.budget_metric, args.backend, args.ray,
-        engines, args.layer_images, args.layer_seconds,
+        args.model, items, spec, candidates, report, _task(args, spec, items), fail_on=_fail_on(args),
+        unusable_if=args.unusable_if, batch_size=args.batch_size or INFERENCE_BATCH_SIZE, skip_bad=args.skip_bad,
+        batch_sizes=[] if args.no_bench else args.bench_batch_sizes, run=run, note=note,
+        accuracy_budget=args.accuracy_budget, sensitivity_images=args.sensitivity_images,
+        budget_metric=args.budget_metric, backend=args.backend, ray=args.ray, engines=engines,
+        layer_images=args.layer_images, layer_seconds=args.layer_seconds,
     )
     _summarise(result, report)
     return _gate(result)

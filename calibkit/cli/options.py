@@ -207,8 +207,8 @@ def _calibrate_command(command: Callable[[str, str], argparse.ArgumentParser]) -
     p = command("calibrate", "collect statistics once, write ranges for every method")
     _add_model(p)
     _add_images(p)
-    p.add_argument("--method", default="entropy2", help=f"comma list of {_listed(available_calibrators())} (percentile:99.99 names its "
-                                                        "percentile), or all")
+    p.add_argument("--method", default="entropy2",
+                   help=f"comma list of {_listed(available_calibrators())} (percentile:99.99 names its percentile), or all")
     p.add_argument("--samples", type=int, default=500, help="calibration images to pick (0 = all)")
     p.add_argument("--sampler", default="random", help=_listed(available_samplers()))
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -242,7 +243,8 @@ def layer_drift(
         return {name: list(d.values()) for name, d in drifts.items()}, 0
     trim_heap()  # what the comparison's sessions left in the C heap goes back before these load
     folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
-    segments = split(weights_apart(load_model(reference), Path(folder.name)), list(plan.sizes), plan.sizes, budget_bytes)
+    light = weights_apart(load_model(reference), Path(folder.name))
+    segments = split(light, list(plan.sizes), plan.sizes, budget_bytes)
     groups = [segment.exposed for segment in segments]
     resident = sessions_fit(reference, 1 + sum(bool(d) for d in drifts.values()))
     ref_session = SegmentedSession(reference, segments, spinning=False, resident=resident, folder=folder)
@@ -267,7 +269,20 @@ def layer_drift(
             done += 1
             bar.update(1)
             log_line(f"per-layer drift: image {done} of {len(items)} done ({time.perf_counter() - started:.0f} s)")
-    return {name: list(d.values()) for name, d in drifts.items()}, done
+    return {name: scored(name, d.values()) for name, d in drifts.items()}, done
+
+
+def scored(candidate: str, drifts: Iterable[LayerDrift]) -> list[LayerDrift]:
+    """The drifts that saw values: one that never did would read as identical (SQNR inf), so it is left
+    out with a warning instead."""
+    drifts = list(drifts)
+    kept = [d for d in drifts if d.count]
+    if len(kept) < len(drifts):
+        missed = [d.name for d in drifts if not d.count]
+        warnings.warn(f"per-layer drift of {candidate}: {len(missed)} tensor(s) were never scored and are left out "
+                      f"({', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''}); please report this model",
+                      stacklevel=3)
+    return kept
 
 
 def _fold_image(image: np.ndarray, reference: SegmentedSession, sessions: Mapping[str, SegmentedSession],

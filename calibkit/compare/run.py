@@ -118,9 +118,7 @@ def compare_models(
     tensor, always runs on the CPU.
     """
     drift_models, plan, layer_images = layer_plan(reference, candidates, items, preprocess, layer_images)
-    info = backend_info(backend)
-    inline = layer_images if layer_images and info.exposes_tensors and not info.on_gpu and InlineLayerDrift.fits(plan) and all(
-        c.drift_model in (None, c.model) for c in candidates) and held_together(reference, candidates) else 0
+    inline = layer_images if layer_images and inline_layers(reference, candidates, backend, plan) else 0
     started = time.perf_counter()
     part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)
     timings = {"outputs_pass_s": time.perf_counter() - started}
@@ -135,6 +133,15 @@ def compare_models(
     started = time.perf_counter()
     layers, done = layer_drift(reference, drift_models, chosen, preprocess, plan, deadline=deadline(layer_seconds))
     return with_layers(document, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
+
+
+def inline_layers(reference: Path, candidates: Sequence[Candidate], backend: str, plan) -> bool:
+    """Whether the per-layer drift can be taken in the comparison's own pass: on a CPU backend that exposes
+    tensors, a batch's tensors within the inline budget, each candidate's drift model the one compared, and
+    every model held at once."""
+    info = backend_info(backend)
+    return (info.exposes_tensors and not info.on_gpu and InlineLayerDrift.fits(plan)
+            and all(c.drift_model in (None, c.model) for c in candidates) and held_together(reference, candidates))
 
 
 def deadline(seconds: float | None) -> float | None:

@@ -138,25 +138,15 @@ def write_report(
     """Write ``out_html`` and ``<stem>.json`` with every number; return both paths."""
     out_html = Path(out_html)
     out_json = out_html.with_suffix(".json")
-    candidates = []
-    worst_tensors: list[str] = []
-    for c in comparison["candidates"]:
-        layers = [l for l in c["layers"] if math.isfinite(l["sqnr_db"])]
-        worst = sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
-        worst_tensors.extend(l["tensor"] for l in worst)
-        candidates.append({**c, "worst_layers": worst})
+    candidates = [{**c, "worst_layers": _worst_layers(c)} for c in comparison["candidates"]]
+    worst_tensors = [l["tensor"] for c in candidates for l in c["worst_layers"]]
     thresholds = _in_candidate_order(thresholds, candidates)
     colours = method_colours([method_key(c) for c in candidates] + list(thresholds)
                              + list((sufficiency or {}).get("methods", {})))
-    speed = {}
-    for row in speed_rows:
-        key = "fp32" if row["precision"] == "fp32" else row["candidate"]
-        speed[(key, row["batch"])] = row
+    speed = {("fp32" if row["precision"] == "fp32" else row["candidate"], row["batch"]): row for row in speed_rows}
     backend = backend_info(comparison.get("backend", "ort-cpu"))
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined)
     html = environment.get_template("report.html.j2").render(
         model_name=Path(comparison["reference"]["model"]).name,
         task=comparison["task"],
@@ -178,15 +168,13 @@ def write_report(
         placement=comparison.get("placement", {}),
         layer_times=comparison.get("layer_times", {}),
         on_gpu=backend.on_gpu,
-        speed_device=(f"{backend.label} on {gpu_name()}" if backend.on_gpu
-                      else f"{backend.label} on {cpu_name()}, {usable_cpus()} CPUs usable"),
+        speed_device=_speed_device(backend),
         drift_charts=_drift_charts(comparison["candidates"], colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_status=layer_status(comparison),
         sensitivity=comparison.get("sensitivity"),
         engine=comparison.get("engine"),
-        engine_drift={c["name"]: {l["tensor"]: l["sqnr_db"] for l in c["layers"] if math.isfinite(l["sqnr_db"])}
-                      for c in comparison["candidates"]},
+        engine_drift={c["name"]: _finite_drift(c) for c in candidates},
         sufficiency=sufficiency,
         sufficiency_chart=_sufficiency_chart(sufficiency, colours),
         sufficient_pct=SUFFICIENT_CHANGE_PCT,
@@ -198,6 +186,23 @@ def write_report(
     write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
+
+
+def _speed_device(backend) -> str:
+    """Where the speed was measured, e.g. ``ONNX Runtime CPU on AMD EPYC 7B13, 2 CPUs usable``."""
+    return f"{backend.label} on {gpu_name()}" if backend.on_gpu else \
+        f"{backend.label} on {cpu_name()}, {usable_cpus()} CPUs usable"
+
+
+def _finite_drift(candidate: Mapping) -> dict[str, float]:
+    """SQNR by tensor of the candidate's layers that differ from FP32 at all (finite SQNR)."""
+    return {l["tensor"]: l["sqnr_db"] for l in candidate["layers"] if math.isfinite(l["sqnr_db"])}
+
+
+def _worst_layers(candidate: Mapping) -> list[Mapping]:
+    """The candidate's :data:`WORST_LAYERS` lowest-SQNR layers (identical ones, SQNR inf, left out)."""
+    layers = [l for l in candidate["layers"] if math.isfinite(l["sqnr_db"])]
+    return sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
 
 
 def layer_status(comparison: Mapping) -> str:

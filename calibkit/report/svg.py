@@ -55,16 +55,7 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
         sx = lambda i: left + i * (width - left - right) / (n - 1)  # noqa: E731
     sy = lambda v: top + (hi - min(max(v, lo), hi)) * (height - top - bottom) / (hi - lo)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {width} {height}" class="chart" role="img">']
-    for k in range(5):
-        value = lo + (hi - lo) * k / 4
-        y = sy(value)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    for value, caption in (rules or {}).items():
-        y = sy(value)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" '
-                     f'stroke-dasharray="5,4"/><text x="{width - right - 4}" y="{y - 4:.1f}" text-anchor="end" '
-                     f'fill="#555">{escape(caption)}</text>')
+    parts += _y_grid(lo, hi, sy, left, width - right, rules or {})
     parts.append(f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
                  f'{escape(y_label)}</text>')
     parts.append(f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">'
@@ -81,18 +72,42 @@ def line_chart(series: Mapping[str, Sequence[float]], x_labels: Sequence[str], y
             parts.append(f'<text x="{sx(i) + shift:.1f}" y="{sy(first[i]) + 4:.1f}" text-anchor="{anchor}" '
                          f'class="mark">{escape(label)}</text>')
     for index, (name, values) in enumerate(series.items()):
-        colour = colours.get(name, FALLBACK)
-        points = [(sx(i), sy(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for i, v in enumerate(values):
-            if v is not None and math.isfinite(v):
-                parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="2.2" fill="{colour}">'
-                             f"<title>{escape(x_labels[i])}: {v:.2f}</title></circle>")
-        parts.append(f'<rect x="{width - right + 10}" y="{top + 16 * index}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{width - right + 25}" y="{top + 9 + 16 * index}">{escape(name)}</text>')
+        parts += _polyline(name, values, x_labels, colours.get(name, FALLBACK), sx, sy,
+                           (width - right + 10, top + 16 * index))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _y_grid(lo: float, hi: float, sy, left: float, right: float, rules: Mapping[float, str]) -> list[str]:
+    """Five labelled grid lines from ``lo`` to ``hi`` and a dashed, captioned line per rule."""
+    parts = []
+    for k in range(5):
+        value = lo + (hi - lo) * k / 4
+        y = sy(value)
+        parts.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+    for value, caption in rules.items():
+        y = sy(value)
+        parts.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" '
+                     f'stroke-dasharray="5,4"/><text x="{right - 4}" y="{y - 4:.1f}" text-anchor="end" '
+                     f'fill="#555">{escape(caption)}</text>')
+    return parts
+
+
+def _polyline(name: str, values: Sequence[float | None], x_labels: Sequence[str], colour: str, sx, sy,
+              legend: tuple[float, float]) -> list[str]:
+    """One series: its line over the finite values, a point with a hover title on each, its legend entry."""
+    points = [(sx(i), sy(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    parts = [f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>']
+    for i, v in enumerate(values):
+        if v is not None and math.isfinite(v):
+            parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="2.2" fill="{colour}">'
+                         f"<title>{escape(x_labels[i])}: {v:.2f}</title></circle>")
+    x, y = legend
+    parts.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{colour}"/>')
+    parts.append(f'<text x="{x + 15}" y="{y + 9}">{escape(name)}</text>')
+    return parts
 
 
 def index_ticks(count: int, most: int = 10) -> dict[int, str]:

@@ -318,6 +318,7 @@ class MomentCollector:
         enough = self._positions[layer.node] * self.images >= self.min_samples_per_column * layer.columns
         size = layer.groups * layer.columns * layer.columns * 8
         held = sum(m.gram.nbytes for m in self.moments.values() if m.gram is not None)
+        gram = enough and held + size <= self.gram_bytes
         self.moments[layer.node] = InputMoments(
             np.zeros((layer.groups, layer.columns)),
-            np.zeros((layer.groups, layer.columns, layer.columns)) if enough and held + size <= self.gram_bytes else None)
+            np.zeros((layer.groups, layer.columns, layer.columns)) if gram else None)

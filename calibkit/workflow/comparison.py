@@ -11,18 +11,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from calibkit.artifacts.ranges_json import read_ranges
-from calibkit.backends import require
 from calibkit.backends.base import backend_info
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import Preprocess
-from calibkit.distributed import check_backend
 from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
-from calibkit.memory import peak_rss_gb, trim_heap
-from calibkit.notices import merge, recording, warned_so_far
+from calibkit.memory import trim_heap
+from calibkit.notices import merge, recording
 from calibkit.onnx_model import file_sha256, image_input, model_metadata, model_outline, model_outputs
-from calibkit.progress import log, progress
+from calibkit.progress import progress
 from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY, TIMINGS
 from calibkit.samplers.registry import sample
@@ -30,6 +28,8 @@ from calibkit.stats.collect import CollectedStats
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
 from calibkit.workflow.calibration import CalibrationRun, engine_check, input_shape
 from calibkit.workflow.candidates import run_weights
+from calibkit.workflow.config import ComparisonOptions
+from calibkit.workflow.publish import Publisher
 
 
 def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
@@ -84,80 +84,66 @@ def check_labels(items: Sequence[ImageItem], classes: int | None, model: Path) -
 
 
 @recording
-def compare_and_report(
-    model: Path,
-    items: Sequence[ImageItem],
-    preprocess: Preprocess,
-    candidates: Sequence[Candidate],
-    report: Path,
-    task: Task,
-    fail_on: Sequence[str] = (),
-    unusable_if: Sequence[str] | None = None,
-    batch_size: int = 8,
-    skip_bad: bool = False,
-    batch_sizes: Sequence[int] = (1, 8, 32),
-    run: CalibrationRun | None = None,
-    note: str | None = None,
-    accuracy_budget: float | None = None,
-    sensitivity_images: int = 100,
-    budget_metric: str = "auto",
-    backend: str = "ort-cpu",
-    ray: str | None = None,
-    engines: EngineSettings | None = None,
-    layer_images: int | None = None,
-    layer_seconds: float | None = None,
-) -> dict:
+def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, candidates: Sequence[Candidate],
+                       report: Path, task: Task, **options) -> dict:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
     failed benchmark never discards a finished comparison, and a separate per-layer pass starts only once
-    the comparison is written. Every model runs and is timed on ``backend``.
+    the comparison is written. ``options`` are the fields of :class:`~calibkit.workflow.config.ComparisonOptions`,
+    checked before any inference. Every model runs and is timed on ``backend``.
     With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
     model (:func:`engine_check`). ``layer_images`` caps the per-layer drift pass (0 skips it; ``None``: the
     default, :data:`calibkit.compare.run.LAYER_IMAGES`) and ``layer_seconds`` its time. Returns the JSON
     document."""
     from calibkit.compare.run import compare_models
-    from calibkit.compare.verdict import rules_for
     from calibkit.distributed import sharded_comparison
 
-    require(backend)
-    check_backend(ray, backend)
-    rules = rules_for(task, fail_on, unusable_if)
-    if accuracy_budget is not None:
-        task.check_budget_metric(budget_metric)
-    extras, provenance = report_sections(model, items, preprocess, task, run, candidates)
-    publish = Publisher(report, task, calibration_warnings(run, candidates), provenance, extras)
-    compare = partial(sharded_comparison, address=ray) if ray else compare_models
-    layers = {} if layer_images is None else {"layer_images": layer_images}
-    comparison = compare(model, candidates, items, preprocess, task, batch_size, skip_bad, backend=backend,
-                         layer_seconds=layer_seconds, before_layers=lambda doc: publish(judged(doc, task, rules, note)),
-                         **layers)
-    judged(comparison, task, rules, note)
+    config = ComparisonOptions(**options)
+    rules = config.rules(task)
+    extras, provenance = report_sections(model, items, preprocess, task, config.run, candidates)
+    publish = Publisher(report, task, calibration_warnings(config.run, candidates), provenance, extras)
+    compare = partial(sharded_comparison, address=config.ray) if config.ray else compare_models
+    layers = {} if config.layer_images is None else {"layer_images": config.layer_images}
+    comparison = compare(model, candidates, items, preprocess, task, config.batch_size, config.skip_bad,
+                         backend=config.backend, layer_seconds=config.layer_seconds,
+                         before_layers=lambda doc: publish(judged(doc, task, rules, config.note)), **layers)
+    judged(comparison, task, rules, config.note)
     trim_heap()
     models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
-    if accuracy_budget is not None:
-        started = time.perf_counter()
-        sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, accuracy_budget,
-                                             Path(report).parent, sensitivity_images, budget_metric, ray, skip_bad)
-        comparison["sensitivity"] = sensitivity
-        comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
-        if sensitivity["budget"]["models"]:
-            models.append((sensitivity["name"], "int8", Path(sensitivity["budget"]["models"]["onnxruntime"])))
-        trim_heap()
-    if engines is not None:
-        add_engine_check(comparison, model, candidates, preprocess, engines, Path(report).parent)
+    if config.accuracy_budget is not None:
+        models += add_sensitivity(comparison, model, items, preprocess, task, candidates, config.accuracy_budget,
+                                  Path(report).parent, config.sensitivity_images, config.budget_metric, config.ray,
+                                  config.skip_bad)
+    if config.engines is not None:
+        add_engine_check(comparison, model, candidates, preprocess, config.engines, Path(report).parent)
         engine = comparison["engine"]
         provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
     publish(comparison)
     speed: list[dict] = []
-    if batch_sizes:
+    if config.batch_sizes:
         try:
-            speed = add_speed(comparison, models, model, preprocess, batch_sizes, backend)
+            speed = add_speed(comparison, models, model, preprocess, config.batch_sizes, config.backend)
         except CalibkitError as exc:
             comparison["speed_error"] = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
         publish(comparison, speed)
     return {"comparison": comparison, "speed": speed}
+
+
+def add_sensitivity(comparison: dict, model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
+                    candidates: Sequence[Candidate], budget: float, out: Path, sensitivity_images: int,
+                    budget_metric: str, ray: str | None, skip_bad: bool) -> list[tuple[str, str, Path]]:
+    """The sensitivity ranking and the budget's mixed model into ``comparison``
+    (:func:`sensitivity_and_budget`); returns the mixed model to time, if one was written."""
+    started = time.perf_counter()
+    sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, budget, out,
+                                         sensitivity_images, budget_metric, ray, skip_bad)
+    comparison["sensitivity"] = sensitivity
+    comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
+    trim_heap()
+    written = sensitivity["budget"]["models"]
+    return [(sensitivity["name"], "int8", Path(written["onnxruntime"]))] if written else []
 
 
 def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict:
@@ -172,50 +158,6 @@ def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict
     if note:
         comparison["note"] = note
     return comparison
-
-
-def partial_report(report: Path) -> Path:
-    """Where a finished comparison waits for its per-layer drift: beside ``report``, which keeps the
-    earlier report whole until this one is complete (after an interrupt, both are there)."""
-    return Path(report).with_name(f"{Path(report).stem}.partial.html")
-
-
-class Publisher:
-    """Writes the report (HTML and JSON) as the comparison grows: each time with every warning so far, the
-    recommendation and the peak memory of the command up to then. A comparison still waiting for its
-    per-layer pass goes to :func:`partial_report`; the first complete one replaces the report and
-    removes the partial one."""
-
-    def __init__(self, report: Path, task: Task, earlier_warnings: Sequence[str], provenance: dict,
-                 extras: dict) -> None:
-        self.report, self.task, self.earlier = Path(report), task, list(earlier_warnings)
-        self.provenance, self.extras = provenance, extras
-
-    def __call__(self, comparison: dict, speed: Sequence[dict] = ()) -> None:
-        from calibkit.compare.verdict import recommendation
-        from calibkit.report.html import write_report
-
-        self.provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
-        comparison["warnings"] = merge(list(self.earlier), warned_so_far())
-        comparison["recommendation"] = recommendation(self.task, comparison["candidates"], speed)
-        pending, partial = comparison.get("layers_pending"), partial_report(self.report)
-        write_report(partial if pending else self.report, comparison, list(speed), provenance=dict(self.provenance),
-                     **self.extras)
-        if pending:
-            log(f"comparison written to {partial}; the per-layer drift follows, then {self.report.name}")
-            return
-        if is_partial_report(partial):
-            for path in (partial, partial.with_suffix(".json")):
-                path.unlink(missing_ok=True)
-
-
-def is_partial_report(path: Path) -> bool:
-    """True when ``path`` is a comparison calibkit wrote to wait for its per-layer pass (never a user's file)."""
-    try:
-        document = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and bool(document.get("comparison", {}).get("layers_pending"))
 
 
 def report_sections(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,

@@ -72,3 +72,50 @@ class CalibrationConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ComparisonOptions:
+    """How :func:`calibkit.workflow.compare_and_report` judges, ranks and times the candidates (its
+    docstring says what each does), checked on construction like :class:`CalibrationConfig`; the rules
+    and the budget metric are checked against the task by :meth:`rules`."""
+
+    fail_on: Sequence[str] = ()
+    unusable_if: Sequence[str] | None = None
+    batch_size: int = 8
+    skip_bad: bool = False
+    batch_sizes: Sequence[int] = (1, 8, 32)
+    run: object | None = None  # the CalibrationRun the candidates come from, for the report's calibration sections
+    note: str | None = None
+    accuracy_budget: float | None = None
+    sensitivity_images: int = 100
+    budget_metric: str = "auto"
+    backend: str = "ort-cpu"
+    ray: str | None = None
+    engines: EngineSettings | None = None
+    layer_images: int | None = None
+    layer_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        require(self.backend)
+        check_backend(self.ray, self.backend)
+        for name, low in (("batch_size", 1), ("sensitivity_images", 1), ("layer_images", 0)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
+        if any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise CalibkitError(f"batch_sizes must be whole numbers of at least 1, not {list(self.batch_sizes)}")
+        if self.accuracy_budget is not None and not self.accuracy_budget >= 0:
+            raise CalibkitError(f"accuracy_budget must be at least 0, not {self.accuracy_budget!r}")
+        if self.layer_seconds is not None and not self.layer_seconds > 0:
+            raise CalibkitError(f"layer_seconds must be positive, not {self.layer_seconds!r}")
+
+    def rules(self, task) -> tuple:
+        """The task's verdict rules with ``unusable_if`` and the ``fail_on`` gates, and the budget metric,
+        checked against ``task``'s metrics before any inference."""
+        from calibkit.compare.verdict import rules_for
+
+        rules = rules_for(task, self.fail_on, self.unusable_if)
+        if self.accuracy_budget is not None:
+            task.check_budget_metric(self.budget_metric)
+        return rules

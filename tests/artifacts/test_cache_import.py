@@ -7,7 +7,6 @@ import onnx
 import pytest
 
 from calibkit.artifacts.trt_cache import format_cache, read_cache
-from tests.conftest import build_small_cnn
 from tests.test_cli import assert_one_line_error, run_cli
 
 

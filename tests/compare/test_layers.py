@@ -137,3 +137,15 @@ def test_no_image_starts_after_the_deadline_but_one_always_runs(small_model, ima
     drifts, images = layers.layer_drift(small_model, {"int8": quantized}, items, spec, plan,
                                         deadline=time.time() - 1)
     assert images == 1 and all(d.count for d in drifts["int8"])
+
+
+def test_a_tensor_never_scored_is_left_out_with_a_warning_not_shown_as_identical():
+    import numpy as np
+
+    from calibkit.compare.layers import LayerDrift, scored
+
+    seen, missed = LayerDrift("seen"), LayerDrift("missed")
+    seen.update(np.ones(4, np.float32), np.full(4, 1.1, np.float32))
+    with pytest.warns(UserWarning, match="int8: 1 tensor\\(s\\) were never scored .*missed"):
+        kept = scored("int8", [seen, missed])
+    assert [d.name for d in kept] == ["seen"] and np.isfinite(kept[0].sqnr_db)
