@@ -9,7 +9,8 @@ lands between each Conv and its BatchNorm, which TensorRT then cannot fold. So b
 * ONNX Runtime's basic, provider-independent graph rewrites run (constant folding, Identity/Dropout
   elimination, Conv+BatchNorm / Conv+Add / Conv+Mul fusion), and the rewritten standard-ONNX graph is
   kept: weights become initializers and every remaining node output is a true activation;
-* every node gets a name (placement exclusions and reports refer to nodes by name);
+* then the named passes of :data:`PASSES`, each with its reason: unused opset imports dropped, every
+  node named (placement exclusions and reports refer to nodes by name), stale value infos dropped;
 * a model that is already quantized is refused.
 
 The user's file is never changed; :func:`check_equivalent` runs both graphs to prove the FP32 outputs
@@ -25,7 +26,7 @@ import tempfile
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -144,11 +145,8 @@ def _rewritten(source: bytes | str, before: int, counts: Counter, name: str, pat
             raise CalibkitError(f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]})") from exc
         del source
         normalized = _load_whole(Path(options.optimized_model_filepath))
-    _keep_used_opsets(normalized)
-    _name_nodes(normalized)
-    # ONNX Runtime's saved types describe its own kernels' view; later rewrites (FP16 casts, Q/DQ)
-    # infer shapes afresh, and stale entries would contradict them.
-    del normalized.graph.value_info[:]
+    for step in PASSES:
+        step.apply(normalized)
     normalized.graph.name = name
     after = _op_counts(normalized)
     removed = {op: counts[op] - after[op] for op in counts if counts[op] > after[op]}
@@ -298,3 +296,28 @@ def _name_nodes(model: onnx.ModelProto) -> None:
                 name += "_"
             node.name = name
             taken.add(name)
+
+
+def _drop_value_infos(model: onnx.ModelProto) -> None:
+    """Forget the value infos ONNX Runtime saved."""
+    del model.graph.value_info[:]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One rewrite of the graph ONNX Runtime saved, and why calibkit makes it."""
+
+    name: str
+    reason: str
+    apply: Callable[[onnx.ModelProto], None]
+
+
+# The rewrites after ONNX Runtime's basic ones, in order: an exporter quirk that needs another is one more entry.
+PASSES = (
+    Pass("keep used opsets", "ONNX Runtime's saved graph imports every domain it knows, which checkers and "
+         "TensorRT's parser then read as dependencies", _keep_used_opsets),
+    Pass("name every node", "exclusions, caches and reports refer to nodes by name; exporters leave some unnamed",
+         _name_nodes),
+    Pass("drop value infos", "ONNX Runtime's saved types describe its own kernels' view; later rewrites (FP16 "
+         "casts, Q/DQ) infer shapes afresh, and stale entries would contradict them", _drop_value_infos),
+)

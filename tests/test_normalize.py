@@ -65,3 +65,30 @@ def test_a_large_graph_is_memoised_on_disk_and_reads_back_the_same(paddle_style,
         other.write_bytes(paddle_style.read_bytes())
         others.append(normalized_model(other))
     assert not first.file.exists() and not first.file.with_suffix(".bin").exists(), "an evicted graph's files go"
+
+
+def _graph_with(nodes, value_info=(), opsets=(("", 13),)):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])], value_info=list(value_info))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=8)
+
+
+def test_each_normalize_pass_does_what_its_reason_says():
+    from onnx import TensorProto, helper
+
+    from calibkit.normalize import PASSES
+
+    passes = {step.name: step for step in PASSES}
+    assert all(step.reason for step in PASSES), "every pass says why it is there"
+    relu = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["y"], ["z"], name="Relu_0")]
+    model = _graph_with(relu, opsets=(("", 13), ("com.microsoft.nchwc", 1), ("ai.onnx.ml", 5)))
+    passes["keep used opsets"].apply(model)
+    assert [o.domain for o in model.opset_import] == [""], "only the domains nodes use stay imported"
+    passes["name every node"].apply(model)
+    names = [node.name for node in model.graph.node]
+    assert names[1] == "Relu_0" and names[0] and len(set(names)) == 2, "unnamed nodes get names no other has"
+    stale = _graph_with(relu, value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT16, [7])])
+    passes["drop value infos"].apply(stale)
+    assert not stale.graph.value_info
