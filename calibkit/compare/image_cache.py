@@ -105,6 +105,7 @@ class OutputCache:
 
     def __init__(self, in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
         self._entries: list[dict[str, np.ndarray] | Path] = []
+        self._names: list[str] = []  # the outputs' names, for the batches read back from disk
         self._held, self._limit = 0, in_memory_bytes
         self._folder: tempfile.TemporaryDirectory | None = None
 

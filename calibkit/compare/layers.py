@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -242,8 +241,7 @@ def layer_drift(
     if not plan.sizes or not items:
         return {name: list(d.values()) for name, d in drifts.items()}, 0
     trim_heap()  # what the comparison's sessions left in the C heap goes back before these load
-    folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
-    light = weights_apart(load_model(reference), Path(folder.name))
+    light, folder = weights_apart(load_model(reference))
     segments = split(light, list(plan.sizes), plan.sizes, budget_bytes)
     groups = [segment.exposed for segment in segments]
     resident = sessions_fit(reference, 1 + sum(bool(d) for d in drifts.values()))
@@ -252,8 +250,7 @@ def layer_drift(
     for name, path in drift_models.items():
         if drifts[name]:
             trim_heap()  # the last graph's copies, let go as its segments loaded
-            folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
-            light = weights_apart(load_model(path), Path(folder.name))
+            light, folder = weights_apart(load_model(path))
             sessions[name] = SegmentedSession(path, split_like(light, list(drifts[name]), groups), spinning=False,
                                               qdq_as_written=True, resident=resident, folder=folder)
     trim_heap()

@@ -93,6 +93,19 @@ class ComparePart:
         self.kept.extend(other.kept)
         self.skipped += other.skipped
 
+    @classmethod
+    def empty(cls, task: Task, candidates: Sequence[Candidate], outputs: Sequence[str]) -> "ComparePart":
+        """A share with nothing scored yet: a scorer and a drift per model output for every candidate."""
+        return cls(task.scorer(), {c.name: task.scorer() for c in candidates},
+                   {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])
+
+    def score(self, name: str, ref_pred: Sequence, cand_pred: Sequence, ref_out: Mapping[str, np.ndarray],
+              out: Mapping[str, np.ndarray], batch) -> None:
+        """One batch of candidate ``name`` against the reference: its task score and each output's drift."""
+        self.scorers[name].add(ref_pred, cand_pred, batch)
+        for output, drift in self.output_drift[name].items():
+            drift.update(ref_out[output], out[output])
+
 
 def compare_models(
     reference: Path,
@@ -196,9 +209,7 @@ def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequen
     ref_session = load(reference, "fp32", backend, arena=False, spinning=False, threads=threads)
     sessions = {c.name: load(c.model, c.precision, backend, arena=False, spinning=False, qdq_as_written=True,
                              threads=threads) for c in candidates}
-    outputs = ref_session.model_outputs
-    part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
-                       {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])
+    part = ComparePart.empty(task, candidates, ref_session.model_outputs)
     report = LoadReport()
     with progress(len(items), f"comparing {len(candidates)} candidate(s)") as bar:
         for batch in iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report):
@@ -212,9 +223,7 @@ def compare_part(reference: Path, candidates: Sequence[Candidate], items: Sequen
                     out = _joined(cand_first[c.name], sessions[c.name].run(rest) if len(rest) else {})
                 else:
                     out = sessions[c.name].run(batch.array)
-                part.scorers[c.name].add(ref_pred, task.decode(out, batch), batch)
-                for name in outputs:
-                    part.output_drift[c.name][name].update(ref_out[name], out[name])
+                part.score(c.name, ref_pred, task.decode(out, batch), ref_out, out, batch)
             if inline is not None and not inline.images_left:
                 part.layers, part.layer_images, inline = inline.result(), inline.images, None
             part.kept.extend(batch.items)
@@ -237,8 +246,7 @@ def one_model_at_a_time(reference: Path, candidates: Sequence[Candidate], items:
     images = ImageCache(decode=lambda: iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report))
     session = load(reference, "fp32", backend, arena=False, spinning=False, threads=threads)
     outputs = session.model_outputs
-    part = ComparePart(task.scorer(), {c.name: task.scorer() for c in candidates},
-                       {c.name: {o: LayerDrift(o) for o in outputs} for c in candidates}, [])
+    part = ComparePart.empty(task, candidates, outputs)
     held = OutputCache()
     with progress(len(items), "running the FP32 reference") as bar:
         for batch in images:
@@ -257,9 +265,7 @@ def one_model_at_a_time(reference: Path, candidates: Sequence[Candidate], items:
         with progress(len(part.kept), f"running {c.name}") as bar:
             for batch, ref_out in zip(images, held):
                 out = session.run(batch.array)
-                part.scorers[c.name].add(task.decode(ref_out, batch), task.decode(out, batch), batch)
-                for name in outputs:
-                    part.output_drift[c.name][name].update(ref_out[name], out[name])
+                part.score(c.name, task.decode(ref_out, batch), task.decode(out, batch), ref_out, out, batch)
                 bar.update(len(batch.items))
     part.skipped = len(report.skipped)
     return part

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -194,9 +193,9 @@ def collect_part(model_path: Path, items: Sequence[ImageItem], preprocess: Prepr
     segments = None
     if per_batch > tensor_budget and not backend_info(backend).on_gpu:
         wanted = [*measured, *(n for n in (moments.inputs if moments else []) if n in by_output)]
-        weights_dir = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
+        light, weights_dir = weights_apart(model)
         # one segment folded while the next runs, and room for what folding one tensor makes of it
-        segments = split(weights_apart(model, Path(weights_dir.name)), wanted, sizes, tensor_budget // 3)
+        segments = split(light, wanted, sizes, tensor_budget // 3)
         if moments is not None:
             moments.use_layer_streams()  # a segment's layers come before those of earlier tensors
         del model  # its weights are on disk now, each segment's session reads its own share

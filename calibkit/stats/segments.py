@@ -121,17 +121,18 @@ def split_like(model: onnx.ModelProto, names: Sequence[str], groups: Sequence[Se
 WEIGHTS_FILE = "weights.bin"
 
 
-def weights_apart(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    """A copy of ``model`` whose large initializers refer to ``folder/weights.bin``, written from ``model``
-    tensor by tensor: segments split from it and saved into ``folder`` load their own share of the weights
-    from that file, and the 470 MB of a large model are never held twice. ``model`` is left without its
-    weights' values (drop it)."""
+def weights_apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tempfile.TemporaryDirectory]:
+    """A copy of ``model`` whose large initializers refer to ``weights.bin`` in a new temporary folder,
+    written from ``model`` tensor by tensor, and that folder: segments split from the copy and saved there
+    (:class:`SegmentedSession` ``folder``) load their own share of the weights from that file, and the
+    470 MB of a large model are never held twice. ``model`` is left without its weights' values (drop it)."""
+    folder = tempfile.TemporaryDirectory(prefix="calibkit-segments-")
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=1024,
                                    convert_attribute=False)
-    write_external_data_tensors(model, str(folder))
+    write_external_data_tensors(model, folder.name)
     light = onnx.ModelProto()
     light.CopyFrom(model)  # a message of its own: the emptied one keeps its weights' memory until it goes
-    return light
+    return light, folder
 
 
 class SegmentedSession:

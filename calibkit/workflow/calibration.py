@@ -188,6 +188,8 @@ class Calibration:
     source: Path | None = None  # the FP32 graph calibrated: the model, or its equalised graph
     equalized: str = "off"
     layers: list = field(default_factory=list)
+    quantized_inputs: set[str] = field(default_factory=set)  # the activations the Q/DQ models quantize
+    model_inputs: list[str] = field(default_factory=list)
     moments: MomentCollector | None = None
     stats: CollectedStats | None = None
     weights: RefinedWeights | None = None
@@ -254,6 +256,8 @@ def collect(state: Calibration) -> None:
     config = state.config
     calibrated = normalized_model(state.source).model
     state.layers = weighted_layers(calibrated, quantized_nodes(calibrated))
+    state.quantized_inputs = quantized_inputs(calibrated)
+    state.model_inputs = [i.name for i in calibrated.graph.input]
     del calibrated  # not held through the pass: a second copy of a large model's weights
     if config.weight_rounding != "nearest" or config.bias_correction:
         state.moments = MomentCollector(state.layers, min(MOMENT_IMAGES, len(state.chosen)), MIN_SAMPLES_PER_COLUMN,
@@ -296,15 +300,12 @@ def refine(state: Calibration) -> None:
 def compute_all_ranges(state: Calibration) -> None:
     """Every calibrator's ranges from the statistics (the graph input at its full range), with a warning
     where one clips a quantized tensor hard."""
-    calibrated = normalized_model(state.source).model
-    quantized = quantized_inputs(calibrated)
-    model_inputs = [i.name for i in calibrated.graph.input]
     with state.timed("ranges_s"):
         for label, calibrator in state.config.calibrators.items():
             computed = compute_ranges(state.stats.tensors, calibrator)
             state.references[label] = Reference.of(computed)
-            state.ranges[label] = with_full_range(computed, model_inputs)
-            warn_clipping(label, state.ranges[label], quantized)
+            state.ranges[label] = with_full_range(computed, state.model_inputs)
+            warn_clipping(label, state.ranges[label], state.quantized_inputs)
 
 
 def export(state: Calibration) -> None:

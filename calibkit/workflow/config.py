@@ -68,10 +68,7 @@ class CalibrationConfig:
         ensure_writable_dir(self.out.parent)
         get_sampler(self.sampler)
         # 0 means "all images" (samples) or "the backend's own" (batch_size) or "no shards" (shard_size)
-        for name, low in (("samples", 0), ("seed", 0), ("batch_size", 0), ("shard_size", 0), ("memory_budget", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
+        _check_whole_numbers(self, samples=0, seed=0, batch_size=0, shard_size=0, memory_budget=1)
 
 
 @dataclass(frozen=True)
@@ -99,10 +96,7 @@ class ComparisonOptions:
     def __post_init__(self) -> None:
         require(self.backend)
         check_backend(self.ray, self.backend)
-        for name, low in (("batch_size", 1), ("sensitivity_images", 1), ("layer_images", 0)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
+        _check_whole_numbers(self, batch_size=1, sensitivity_images=1, layer_images=0)
         if any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise CalibkitError(f"batch_sizes must be whole numbers of at least 1, not {list(self.batch_sizes)}")
         if self.accuracy_budget is not None and not self.accuracy_budget >= 0:
@@ -119,3 +113,12 @@ class ComparisonOptions:
         if self.accuracy_budget is not None:
             task.check_budget_metric(self.budget_metric)
         return rules
+
+
+def _check_whole_numbers(options: object, **lowest: int) -> None:
+    """One error line for the first of ``options``' fields named in ``lowest`` that is set but is not a whole
+    number of at least its bound (``None`` leaves an option unset)."""
+    for name, low in lowest.items():
+        value = getattr(options, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise CalibkitError(f"{name} must be a whole number of at least {low}, not {value!r}")
