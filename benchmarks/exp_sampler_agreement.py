@@ -24,9 +24,9 @@ def main(argv=None) -> int:
 
     from calibkit.artifacts.method_files import qdq_paths
     from calibkit.bench.table import format_table
-    from calibkit.compare.sensitivity import task_loss
     from calibkit.data.images import discover_images
     from calibkit.demo_assets import SHARED_IMAGES, demo_model
+    from calibkit.sensitivity.budget import task_loss
     from calibkit.workflow import calibrate, image_cache, model_preprocess, model_task
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -290,14 +290,14 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
 
 
 def _sensitivity_task(model: ModelFile, ranges, cache, task, weights, exclude, nodes):
-    from calibkit.compare.sensitivity import leave_one_out
+    from calibkit.sensitivity.ranking import leave_one_out
 
     return leave_one_out(model.path(), ranges, cache, task, nodes, weights, exclude)
 
 
 def sharded_leave_one_out(model: Path, ranges, cache, task, nodes: Sequence[str], weights=None,
                           exclude: Sequence[str] = (), address: str = LOCAL) -> list[dict]:
-    """:func:`calibkit.compare.sensitivity.leave_one_out` in Ray tasks of :data:`SENSITIVITY_SHARD` layers."""
+    """:func:`calibkit.sensitivity.ranking.leave_one_out` in Ray tasks of :data:`SENSITIVITY_SHARD` layers."""
     groups = [list(nodes[i:i + SENSITIVITY_SHARD]) for i in range(0, len(nodes), SENSITIVITY_SHARD)]
     with connect(address):
         shared = (ModelFile.of(model), ranges, cache, task, weights, tuple(exclude))

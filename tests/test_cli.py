@@ -225,7 +225,7 @@ def test_what_the_task_cannot_measure_is_refused_before_any_inference(small_mode
 
 
 def test_a_broken_candidate_is_called_unusable_in_words(small_model, tmp_path, capsys):
-    from tests.compare.test_sensitivity import colour_images
+    from tests.sensitivity.test_ranking import colour_images
 
     colour_images(tmp_path / "images", count=30)
     image_folder = tmp_path / "images"

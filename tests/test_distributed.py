@@ -59,7 +59,7 @@ def test_compare_and_sensitivity_on_ray_give_one_process_s_numbers(small_model, 
     from calibkit import workflow
     from calibkit.artifacts.ranges_json import read_ranges
     from calibkit.compare.run import compare_models
-    from calibkit.compare.sensitivity import leave_one_out, quantizable_nodes
+    from calibkit.sensitivity.ranking import leave_one_out, quantizable_nodes
 
     run = tmp_path / "run"
     workflow.calibrate(small_model, thirty_images, run, methods="minmax", samples=0, preprocess=SPEC)

@@ -29,7 +29,7 @@ def narrow_stress_detector(tmp_path_factory) -> Path:
 
 def test_the_stress_architecture_calibrates_and_compares_in_graph_segments(narrow_stress_detector, doc_pages,
                                                                            tmp_path):
-    from calibkit.onnx_model import activation_bytes, load_model
+    from calibkit.graph.onnx_model import activation_bytes, load_model
 
     exposed = sum(activation_bytes(load_model(narrow_stress_detector), (1, 3, 448, 448)).values())
     assert exposed > 120e6, "one image exposes more than the budget below and the inline per-layer limit / 3"

@@ -19,8 +19,8 @@ from calibkit.artifacts.ranges_json import FORMAT
 from calibkit.artifacts.trt_cache import read_cache
 from calibkit.errors import CalibkitError
 from calibkit.fileio import write_text_atomic
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import file_sha256
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import file_sha256
 
 # A cache whose ONNX-named entries mostly miss the model was written for another model.
 MIN_MATCHED_SHARE = 0.5

@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import with_inferred_shapes
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import with_inferred_shapes
 
 FP16_MAX = 65504.0
 
@@ -27,7 +27,7 @@ FP32_OPS = ("Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", 
 
 
 def export_fp16(model_path: Path, out: Path) -> Path:
-    """Write the FP16 cast of ``model_path``'s normalised graph (:mod:`calibkit.normalize`) to ``out``
+    """Write the FP16 cast of ``model_path``'s normalised graph (:mod:`calibkit.graph.normalize`) to ``out``
     atomically, once it passes :func:`~calibkit.artifacts.verify.verify_model`."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel

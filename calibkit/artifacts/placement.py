@@ -13,34 +13,26 @@ ops are quantized per output channel, and an op whose other inputs are constants
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import onnx
 
-from calibkit.onnx_model import constant_values
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import constant_values
 
 
 @dataclass(frozen=True)
 class GraphFacts:
-    """What a rule may ask about a node's neighbourhood: which tensors are constants, each tensor's
-    producer op (and node), and the nodes reading each tensor."""
+    """What a rule may ask about a node's neighbourhood: which tensors are constants, and the graph's
+    producers and readers (:class:`~calibkit.graph.index.GraphIndex`)."""
 
     constants: set[str]
-    producers: dict[str, str]
-    producer_nodes: dict[str, onnx.NodeProto] = field(default_factory=dict)
-    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    index: GraphIndex
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> "GraphFacts":
-        nodes = {out: node for node in model.graph.node for out in node.output}
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in model.graph.node:
-            for name in node.input:
-                consumers[name].append(node)
-        return cls(set(constant_values(model)), {out: node.op_type for out, node in nodes.items()}, nodes,
-                   dict(consumers))
+        return cls(set(constant_values(model)), GraphIndex(model.graph))
 
 
 # Ops that move or regroup values without computing: an INT8 tensor passes through them as INT8.
@@ -68,7 +60,7 @@ def only_activation_inputs(node: onnx.NodeProto, facts: GraphFacts) -> bool:
 
 def residual_of_convolution(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     return only_activation_inputs(node, facts) and any(
-        facts.producers.get(name) in ("Conv", "ConvTranspose") for name in node.input)
+        facts.index.producer_op(name) in ("Conv", "ConvTranspose") for name in node.input)
 
 
 def feeds_int8_kernel(node: onnx.NodeProto, facts: GraphFacts) -> bool:
@@ -77,7 +69,7 @@ def feeds_int8_kernel(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     seen, waiting = set(), list(node.output)
     while waiting:
         tensor = waiting.pop()
-        for user in facts.consumers.get(tensor, []):
+        for user in facts.index.consumers.get(tensor, []):
             if user.op_type in WEIGHTED_OPS:
                 return True
             if user.op_type in LAYOUT_OPS and user.name not in seen:
@@ -89,7 +81,7 @@ def feeds_int8_kernel(node: onnx.NodeProto, facts: GraphFacts) -> bool:
 def reads_probabilities(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     """True when ``node``'s first input is a Softmax output, through layout ops only."""
     tensor, hops = node.input[0], 0
-    while (producer := facts.producer_nodes.get(tensor)) is not None and hops < 16:
+    while (producer := facts.index.producer.get(tensor)) is not None and hops < 16:
         if producer.op_type == "Softmax":
             return True
         if producer.op_type not in LAYOUT_OPS or producer.op_type == "Concat":
@@ -104,7 +96,7 @@ def decoded_output_layer(node: onnx.NodeProto, facts: GraphFacts) -> bool:
     only reshapes) on its way out of the network."""
     seen, waiting, decoded = set(), list(node.output), False
     while waiting:
-        for user in facts.consumers.get(waiting.pop(), []):
+        for user in facts.index.consumers.get(waiting.pop(), []):
             if user.name in seen:
                 continue
             seen.add(user.name)

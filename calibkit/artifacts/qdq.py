@@ -1,7 +1,7 @@
 """Explicit-quantization (Q/DQ) ONNX from a model and calibrated ranges, placed for TensorRT.
 
 ONNX Runtime's ``QDQQuantizer`` does the graph surgery on the model's normalised graph
-(:mod:`calibkit.normalize`); calibkit feeds it its own ranges as a symmetric MinMax table, so no
+(:mod:`calibkit.graph.normalize`); calibkit feeds it its own ranges as a symmetric MinMax table, so no
 calibration runs inside ONNX Runtime, and its per-channel weight scales, applied on whole arrays
 (:mod:`calibkit.artifacts.weight_qdq`). Which ops get INT8 inputs is the rule table of
 :mod:`calibkit.artifacts.placement`. Per target:
@@ -33,8 +33,8 @@ from calibkit.calib.weights import RefinedWeights
 from calibkit.errors import CalibkitError
 from calibkit.artifacts.verify import verify_model
 from calibkit.fileio import atomic_path
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import with_inferred_shapes
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import with_inferred_shapes
 
 TARGETS = ("tensorrt", "onnxruntime")
 
@@ -73,7 +73,7 @@ def export_qdq(
     keep_activations: bool = False,
     weights: RefinedWeights | None = None,
 ) -> Path:
-    """Write a Q/DQ model of ``model_path``'s normalised graph (:mod:`calibkit.normalize`, whose tensor
+    """Write a Q/DQ model of ``model_path``'s normalised graph (:mod:`calibkit.graph.normalize`, whose tensor
     names ``ranges`` uses) for ``target`` to ``out`` atomically, once it passes
     :func:`~calibkit.artifacts.verify.verify_model`. ``weights`` (the run's rounded weights and corrected
     biases, :mod:`calibkit.calib.weights`) replace the quantizer's round-to-nearest ones."""

@@ -22,6 +22,7 @@ from typing import AbstractSet, Sequence
 import onnx
 
 from calibkit.artifacts.weight_levels import CORRECTED
+from calibkit.graph.index import GraphIndex
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -86,13 +87,13 @@ def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
     """Remove Q/DQ nodes whose outputs nothing reads, then the initializers nothing reads any more."""
     outputs = {o.name for o in graph.output}
     while True:
-        read = {name for node in graph.node for name in node.input} | outputs
+        read = GraphIndex(graph).consumers.keys() | outputs
         dead = [n for n in graph.node if n.op_type in QDQ_OPS and not any(out in read for out in n.output)]
         if not dead:
             break
         for node in dead:
             graph.node.remove(node)
-    read = {name for node in graph.node for name in node.input} | outputs
+    read = GraphIndex(graph).consumers.keys() | outputs
     kept = [init for init in graph.initializer if init.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)

@@ -23,13 +23,13 @@ input keeps one. The ``onnxruntime`` target keeps both: ONNX Runtime needs them 
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit.onnx_model import clamp_bounds, drop_unused_initializers
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import clamp_bounds, drop_unused_initializers
 
 ACTIVATIONS = ("Clip", "Relu")
 
@@ -37,35 +37,21 @@ ACTIVATIONS = ("Clip", "Relu")
 CONVOLUTIONS = ("Conv", "ConvTranspose")
 
 
-def _index(graph: onnx.GraphProto):
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    return producer, consumers
-
-
-def _only(consumers: dict, tensor: str, graph_outputs: set[str]) -> onnx.NodeProto | None:
-    users = consumers.get(tensor, [])
-    return users[0] if len(users) == 1 and tensor not in graph_outputs else None
-
-
 def fold_activation_qdq(model: onnx.ModelProto, target: str) -> int:
     """Apply the rule above in place; return how many activations were rewritten."""
     graph = model.graph
-    producer, consumers = _index(graph)
+    index = GraphIndex(graph)  # as the graph was: the rewrites below never create a pattern to match
+    producer, consumers = index.producer, index.consumers
     inits = {init.name: init for init in graph.initializer}
-    outputs = {out.name for out in graph.output}
     removed: set[int] = set()
     rewritten = 0
     for act in [n for n in graph.node if n.op_type in ACTIVATIONS]:
         dq_a = producer.get(act.input[0])
         q_a = producer.get(dq_a.input[0]) if dq_a is not None and dq_a.op_type == "DequantizeLinear" else None
-        q_b = _only(consumers, act.output[0], outputs)
+        q_b = index.only_reader(act.output[0])
         if q_a is None or q_a.op_type != "QuantizeLinear" or q_b is None or q_b.op_type != "QuantizeLinear":
             continue
-        if _only(consumers, q_a.output[0], outputs) is not dq_a or _only(consumers, dq_a.output[0], outputs) is not act:
+        if index.only_reader(q_a.output[0]) is not dq_a or index.only_reader(dq_a.output[0]) is not act:
             continue
         removed.update({id(q_a), id(dq_a)})
         if target == "tensorrt":
@@ -75,7 +61,7 @@ def fold_activation_qdq(model: onnx.ModelProto, target: str) -> int:
         rewritten += 1
     kept = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
-    graph.node.extend(_topological(kept, graph))
+    graph.node.extend(GraphIndex(graph, kept).topological())
     drop_unused_initializers(graph)
     if target == "onnxruntime":
         _unsigned_activations(graph)
@@ -86,17 +72,16 @@ def fuse_residual_adds(model: onnx.ModelProto) -> int:
     """TensorRT target: drop the Q/DQ pair between a convolution (or its activation) and the residual
     ``Add`` that alone reads it, one input per Add (see the module docstring); return how many."""
     graph = model.graph
-    producer, consumers = _index(graph)
-    outputs = {out.name for out in graph.output}
+    tensors = GraphIndex(graph)
+    producer = tensors.producer
     removed: set[int] = set()
     for add in [n for n in graph.node if n.op_type == "Add"]:
         for index, name in enumerate(add.input):
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear" or not _from_convolution(q.input[0], producer, consumers,
-                                                                                    outputs):
+            if q is None or q.op_type != "QuantizeLinear" or not _from_convolution(q.input[0], tensors):
                 continue
-            if _only(consumers, q.output[0], outputs) is not dq or _only(consumers, name, outputs) is not add:
+            if tensors.only_reader(q.output[0]) is not dq or tensors.only_reader(name) is not add:
                 continue
             add.input[index] = q.input[0]
             removed.update({id(q), id(dq)})
@@ -108,14 +93,14 @@ def fuse_residual_adds(model: onnx.ModelProto) -> int:
     return len(removed) // 2
 
 
-def _from_convolution(tensor: str, producer: dict, consumers: dict, outputs: set[str]) -> bool:
+def _from_convolution(tensor: str, index: GraphIndex) -> bool:
     """``tensor`` is a convolution's output, or its Relu/Clip's, read only by the one Q that follows."""
-    if _only(consumers, tensor, outputs) is None:
+    if index.only_reader(tensor) is None:
         return False
-    node = producer.get(tensor)
+    node = index.producer.get(tensor)
     if node is not None and node.op_type in ACTIVATIONS:
-        node = producer.get(node.input[0])
-        if node is not None and _only(consumers, node.output[0], outputs) is None:
+        node = index.producer.get(node.input[0])
+        if node is not None and index.only_reader(node.output[0]) is None:
             return False
     return node is not None and node.op_type in CONVOLUTIONS
 
@@ -150,7 +135,7 @@ def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
         names.append(name)
     quantized_in, quantized_out = q_b.output[0], f"{act.output[0]}_quantized"
     q_b.input[0] = source
-    for user in consumers[quantized_in]:
+    for user in consumers.get(quantized_in, []):
         for i, name in enumerate(user.input):
             if name == quantized_in:
                 user.input[i] = quantized_out
@@ -160,25 +145,3 @@ def _clip_on_int8(graph, act, source: str, q_b, consumers, inits) -> None:
     del act.output[:]
     act.output.append(quantized_out)
     del act.attribute[:]
-
-
-def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Kahn's order, stable with respect to the given node order."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
-    waiting = [sum(1 for name in node.input if name not in available and name in producer) for node in nodes]
-    users: dict[int, list[int]] = defaultdict(list)
-    for index, node in enumerate(nodes):
-        for name in node.input:
-            if name not in available and name in producer:
-                users[producer[name]].append(index)
-    ready = deque(i for i, count in enumerate(waiting) if count == 0)
-    order = []
-    while ready:
-        index = ready.popleft()
-        order.append(nodes[index])
-        for user in users[index]:
-            waiting[user] -= 1
-            if waiting[user] == 0:
-                ready.append(user)
-    return order

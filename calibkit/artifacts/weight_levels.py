@@ -20,6 +20,8 @@ from onnx import numpy_helper
 
 from calibkit.calib.weights import LayerWeights, RefinedWeights
 from calibkit.errors import CalibkitError
+from calibkit.graph.attributes import attribute
+from calibkit.graph.index import GraphIndex
 
 CORRECTED = "_corrected"
 
@@ -28,7 +30,7 @@ def write_weight_levels(quantized: onnx.ModelProto, refined: RefinedWeights) -> 
     """Apply ``refined`` to ``quantized`` in place; returns how many layers it changed."""
     graph = quantized.graph
     initializers = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
+    producers = GraphIndex(graph).producer
     changed = 0
     for node in list(graph.node):
         layer = refined.layers.get(node.name)
@@ -38,7 +40,7 @@ def write_weight_levels(quantized: onnx.ModelProto, refined: RefinedWeights) -> 
         if dequantize is None or dequantize.op_type != "DequantizeLinear" or dequantize.input[0] not in initializers:
             continue
         if layer.levels is not None:
-            axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
+            axis = attribute(dequantize, "axis", 1)
             _write_levels(initializers[dequantize.input[0]], initializers[dequantize.input[1]], axis, layer)
         if layer.corrected_bias is not None:
             _write_bias(graph, node, layer, initializers, producers)

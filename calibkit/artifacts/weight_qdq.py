@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit.onnx_model import drop_unused_initializers
+from calibkit.graph.attributes import attribute
+from calibkit.graph.onnx_model import drop_unused_initializers
 from calibkit.stats.moments import weighted_layers
 
 QUANTIZED_SUFFIX = "_quantized"  # the quantizer's own name for a quantized initializer
@@ -76,7 +77,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             kept.append(node)
             continue
         values, scale, zero_point = (numpy_helper.to_array(initializers[name]) for name in node.input[:3])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        axis = attribute(node, "axis", 1)
         name = node.input[0] + QUANTIZED_SUFFIX
         if name not in initializers:
             initializers[name] = numpy_helper.from_array(

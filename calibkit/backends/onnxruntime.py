@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from calibkit.backends.base import BackendInfo
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import load_model, with_outputs
+from calibkit.graph.onnx_model import load_model, with_outputs
 
 
 # Model files above this size get memory-bounded sessions without the blocked-layout weight copy.

@@ -26,7 +26,7 @@ import numpy as np
 from calibkit.backends.base import BackendInfo
 from calibkit.errors import CalibkitError
 from calibkit.fileio import cache_dir
-from calibkit.onnx_model import file_sha256
+from calibkit.graph.onnx_model import file_sha256
 
 INSTALL_HINT = "TensorRT backend needs NVIDIA TensorRT and cuda-python: pip install 'calibkit[tensorrt]' on a CUDA machine"
 # Functions on TensorRT 10's code paths only (implicit quantization, the strongly-typed flag); every other

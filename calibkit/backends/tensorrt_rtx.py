@@ -21,7 +21,7 @@ from calibkit.engine import builder
 from calibkit.engine.gpu import local_gpu
 from calibkit.errors import CalibkitError
 from calibkit.fileio import cache_dir
-from calibkit.onnx_model import file_sha256
+from calibkit.graph.onnx_model import file_sha256
 
 
 def supported_gpu() -> str:

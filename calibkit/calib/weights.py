@@ -33,7 +33,7 @@ from onnx import numpy_helper
 
 from calibkit.errors import CalibkitError
 from calibkit.fileio import read_npz, write_npz_atomic
-from calibkit.onnx_model import constant_values
+from calibkit.graph.onnx_model import constant_values
 from calibkit.stats.moments import InputMoments, WeightedLayer
 
 LEVELS = 127

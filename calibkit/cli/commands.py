@@ -51,8 +51,8 @@ def _task(args: argparse.Namespace, spec, items=()):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from calibkit.backends import load, require
-    from calibkit.compare.inference import evaluate
     from calibkit.data.images import discover_images
+    from calibkit.workflow.evaluation import evaluate
 
     require(args.backend)
     spec = _preprocess(args)
@@ -139,8 +139,8 @@ def points_text(loss: float) -> str:
 def _summarise(result: dict, report: Path) -> None:
     """The verdict and the task's main metrics per candidate, on stderr."""
     from calibkit.bench.table import speed_text
-    from calibkit.compare.verdict import verdict_line
     from calibkit.tasks.base import Metric
+    from calibkit.tasks.verdict import verdict_line
 
     comparison = result["comparison"]
     metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
@@ -184,7 +184,7 @@ def _fail_on(args: argparse.Namespace) -> list[str]:
 def check_comparison_options(args: argparse.Namespace) -> None:
     """Every comparison option checked against the model's outputs and the task's metrics before any image
     is read or any model written: the task and its --task-opt, the rules, the budget metric, the report path."""
-    from calibkit.compare.verdict import rules_for
+    from calibkit.tasks.verdict import rules_for
 
     task = _task(args, _preprocess(args))
     rules_for(task, _fail_on(args), args.unusable_if)
@@ -266,7 +266,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from calibkit.artifacts.qdq import export_qdq
     from calibkit.artifacts.ranges_json import read_ranges
     from calibkit.fileio import ensure_writable_file
-    from calibkit.onnx_model import check_model_file
+    from calibkit.graph.onnx_model import check_model_file
     from calibkit.workflow import check_made_from, ranges_weights, run_graph
 
     check_model_file(args.model)

@@ -15,8 +15,8 @@ from calibkit.backends import load
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
+from calibkit.graph.onnx_model import activation_bytes, constant_values, float_activations, load_model, model_outline
 from calibkit.memory import sessions_fit, trim_heap
-from calibkit.onnx_model import activation_bytes, constant_values, float_activations, load_model, model_outline
 from calibkit.progress import log, log_line, progress
 from calibkit.stats.segments import SegmentedSession, split, split_like, weights_apart
 

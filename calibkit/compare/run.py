@@ -22,8 +22,8 @@ import numpy as np
 from calibkit.backends import load
 from calibkit.backends.base import backend_info
 from calibkit.colours import colour_key, method_colours
-from calibkit.compare.image_cache import ImageCache, OutputCache
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
+from calibkit.data.image_cache import ImageCache, OutputCache
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -240,7 +240,7 @@ def one_model_at_a_time(reference: Path, candidates: Sequence[Candidate], items:
                         preprocess: Preprocess, task: Task, batch_size: int = 8, skip_bad: bool = False,
                         backend: str = "ort-cpu", threads: int = 0) -> ComparePart:
     """:func:`compare_part` holding one model's session at a time: the images decoded once (kept in RAM or
-    on disk, :class:`~calibkit.compare.image_cache.ImageCache`), the reference's outputs kept the same way,
+    on disk, :class:`~calibkit.data.image_cache.ImageCache`), the reference's outputs kept the same way,
     then each candidate alone over both. Scores and drift add up in the same image order as in one pass."""
     report = LoadReport()
     images = ImageCache(decode=lambda: iter_batches(items, preprocess, batch_size, skip_bad=skip_bad, report=report))

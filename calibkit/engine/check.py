@@ -22,7 +22,8 @@ import onnx
 from calibkit.engine.builder import DEFAULT_TARGET, TARGETS, BuildJob, BuildResult, target_for
 from calibkit.engine.layers import EngineLayer, parse_layers, parse_memory
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import file_sha256, load_model
+from calibkit.graph.attributes import attribute
+from calibkit.graph.onnx_model import file_sha256, load_model
 
 # ONNX ops whose precision the check follows: the ones TensorRT runs on tensor cores in INT8.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -135,7 +136,7 @@ def requested_precisions(model: onnx.ModelProto) -> dict[str, tuple[str, str, st
 def depthwise_convolutions(model: onnx.ModelProto) -> set[str]:
     """Names of the Conv nodes whose group is more than one (depthwise and grouped convolutions)."""
     return {node.name for node in model.graph.node if node.op_type == "Conv"
-            and any(a.name == "group" and a.i > 1 for a in node.attribute)}
+            and attribute(node, "group", 1) > 1}
 
 
 def node_precisions(model: onnx.ModelProto, layers: Sequence[EngineLayer]) -> list[NodePrecision]:

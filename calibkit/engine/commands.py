@@ -50,7 +50,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from calibkit.engine.check import EngineModel
     from calibkit.engine.summary import check_engines
     from calibkit.fileio import ensure_writable_dir, write_text_atomic
-    from calibkit.onnx_model import file_sha256, load_model
+    from calibkit.graph.onnx_model import file_sha256, load_model
 
     targets = [t.strip() for t in args.trt_target.split(",") if t.strip()]
     settings = [EngineSettings(True, t, True).resolved() for t in targets]
@@ -72,7 +72,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def build_shape(model: Path, size: str | None = None) -> tuple[int, int, int, int]:
     """The input shape an engine of ``model`` is built for: its own batch (1 where free) and spatial size,
     or ``size`` (HxW) where that is dynamic."""
-    from calibkit.onnx_model import image_input, model_outline
+    from calibkit.graph.onnx_model import image_input, model_outline
 
     info = image_input(model_outline(model), model)
     height, width = _size(size, info, model)

@@ -13,7 +13,7 @@ import numpy as np
 from calibkit.backends.base import backend_info
 from calibkit.colours import colour_key
 
-from calibkit.compare.verdict import parse_rule
+from calibkit.tasks.verdict import parse_rule
 from calibkit.fileio import write_text_atomic
 from calibkit.report.provenance import cpu_name, gpu_name, usable_cpus
 from calibkit.report.svg import axis_range, histogram_chart, index_ticks, line_chart, method_colours

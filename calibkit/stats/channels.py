@@ -1,4 +1,4 @@
-"""Per-channel maxima of a few activations: what depthwise equalisation (:mod:`calibkit.equalize`) needs."""
+"""Per-channel maxima of a few activations: what depthwise equalisation (:mod:`calibkit.graph.equalize`) needs."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import onnx
 
-from calibkit.onnx_model import clamp_bounds, constant_values
+from calibkit.graph.onnx_model import clamp_bounds, constant_values
 from calibkit.stats.histogram import TensorStats
 
 

@@ -19,9 +19,9 @@ from calibkit.data.loader import LoadReport, iter_batches
 from calibkit.data.preprocess import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.fileio import read_npz, write_npz_atomic
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.memory import trim_heap
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import activation_bytes, file_sha256, float_activations
 from calibkit.progress import progress
 from calibkit.stats import MEMORY_BUDGET, device
 from calibkit.stats.clamps import Clamp, derivable_clamps, with_clamps
@@ -88,7 +88,7 @@ def collect_statistics(
     backend: str = "ort-cpu",
     memory_budget: int = MEMORY_BUDGET,
 ) -> CollectedStats:
-    """Run the model's normalised graph (:mod:`calibkit.normalize`) once over ``items`` and return
+    """Run the model's normalised graph (:mod:`calibkit.graph.normalize`) once over ``items`` and return
     streaming statistics of ``tensors``.
 
     ``tensors`` defaults to the graph input plus every float tensor a node produces, which covers all

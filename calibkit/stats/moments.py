@@ -17,7 +17,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from calibkit.onnx_model import constant_values
+from calibkit.graph.attributes import attributes
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import constant_values
 from calibkit.stats import device
 
 # Images whose layer inputs are accumulated (the first ones of the calibration set).
@@ -127,26 +129,19 @@ def _sample(total: int, limit: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(total, limit, replace=False))
 
 
-def _ints(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: (tuple(a.ints) if a.ints else a.s.decode() if a.s else a.i) for a in node.attribute}
-
-
 def weighted_layers(model: onnx.ModelProto, names: Sequence[str] | None = None) -> list[WeightedLayer]:
     """Every 2-D Conv, Gemm and MatMul of ``model`` whose weight is a constant (optionally only the nodes
     in ``names``): the layers whose INT8 weights calibkit rounds. Other layouts (1-D/3-D convolutions,
     transposed inputs, ConvTranspose) keep ONNX Runtime's round-to-nearest weights."""
     constants = constant_values(model)
     wanted = set(names) if names is not None else None
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = GraphIndex(model.graph).consumers
     layers = []
     for node in model.graph.node:
         if wanted is not None and node.name not in wanted or len(node.input) < 2 or node.input[1] not in constants:
             continue
         shape = tuple(constants[node.input[1]].dims)
-        attrs = _ints(node)
+        attrs = attributes(node)
         if node.op_type == "Conv" and len(shape) == 4:
             layers.append(WeightedLayer(
                 node.name, "Conv", node.input[0], node.input[1], shape, 0, _bias(node, 2, constants),

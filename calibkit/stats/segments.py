@@ -24,7 +24,8 @@ from onnx.external_data_helper import convert_model_to_external_data, write_exte
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
-from calibkit.onnx_model import has_subgraph, tensor_types
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import has_subgraph, tensor_types
 
 
 @dataclass
@@ -100,17 +101,11 @@ def split_like(model: onnx.ModelProto, names: Sequence[str], groups: Sequence[Se
     nodes = model.graph.node
     if any(has_subgraph(node) for node in nodes):
         return split(model, names, {}, 0)
-    producer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
+    index = GraphIndex(model.graph)
     segment_of: dict[int, int] = {}
     wanted = set(names)
     for k, group in enumerate(groups):
-        stack = [producer[t] for t in group if t in wanted and t in producer]
-        while stack:
-            index = stack.pop()
-            if index in segment_of:
-                continue
-            segment_of[index] = k
-            stack.extend(producer[name] for name in nodes[index].input if name in producer)
+        segment_of.update(dict.fromkeys(index.upstream([t for t in group if t in wanted], within=segment_of), k))
     order = sorted(range(len(nodes)), key=lambda i: (segment_of.get(i, len(groups)), i))
     starts = [segment_of.get(i, len(groups)) for i in order]
     cuts = [0] + [position for position in range(1, len(order)) if starts[position] != starts[position - 1]]

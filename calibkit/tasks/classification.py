@@ -6,10 +6,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibkit.compare.accuracy import mean_kl, top_k
 from calibkit.data.loader import Batch
 from calibkit.errors import CalibkitError
 from calibkit.tasks.base import Metric, Option, OutputInfo, Scorer, Task, TaskContext
+from calibkit.tasks.logits import mean_kl, top_k
 from calibkit.tasks.registry import register_task
 
 

@@ -26,12 +26,12 @@ from calibkit.data.images import ImageItem, discover_images
 from calibkit.data.preprocess import Preprocess, fit_to_model, get_preset, metadata_size, preset_for
 from calibkit.distributed import sharded_statistics
 from calibkit.engine.summary import EngineSettings, reproducible
-from calibkit.equalize import equalize, tensors_to_measure
+from calibkit.graph.equalize import equalize, tensors_to_measure
 from calibkit.fileio import atomic_path, write_text_atomic
 from calibkit.memory import peak_rss_gb, trim_heap
-from calibkit.normalize import FP32Reference, Normalized, check_equivalent, fp32_reference, normalized_model
+from calibkit.graph.normalize import FP32Reference, Normalized, check_equivalent, fp32_reference, normalized_model
 from calibkit.notices import recording, warned_so_far
-from calibkit.onnx_model import file_sha256, image_input, model_metadata, model_outline
+from calibkit.graph.onnx_model import file_sha256, image_input, model_metadata, model_outline
 from calibkit.progress import progress
 from calibkit.run_folder import SUMMARY, TIMINGS, run_transaction
 from calibkit.samplers.coverage import coverage_report
@@ -146,7 +146,7 @@ def calibrate(model: Path, images: Path | Sequence[ImageItem], out: Path, method
     Per method: ``<label>.cache`` (TensorRT), ``<label>.json``, ``<label>.qdq.onnx`` (TensorRT target)
     and ``<label>.ort.onnx`` (ONNX Runtime CPU target). Also ``stats.npz``, ``images.txt``, ``summary.json``.
     ``batch_size`` defaults to the backend's statistics batch (``BackendInfo.stats_batch``). With
-    ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.equalize`) and the
+    ``equalize_depthwise``, uneven depthwise inputs are equalised first (:mod:`calibkit.graph.equalize`) and the
     FP32 graph that was calibrated is kept as ``model.calibrated.onnx``, which every export of the run uses.
     ``weight_rounding`` and ``bias_correction`` choose the INT8 weights every Q/DQ model of the run ships
     (:mod:`calibkit.calib.weights`), kept as ``weights.npz``. ``backend="ort-cuda"`` runs the statistics

@@ -14,7 +14,7 @@ from calibkit.calib.registry import get_calibrator
 from calibkit.calib.weights import RefinedWeights
 from calibkit.compare.run import Candidate
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import file_sha256
+from calibkit.graph.onnx_model import file_sha256
 from calibkit.run_folder import SUMMARY
 
 # The FP32 graph a run calibrated, when it differs from the user's (depthwise inputs equalised).

@@ -17,9 +17,9 @@ from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import Preprocess
 from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
+from calibkit.graph.onnx_model import file_sha256, image_input, model_metadata, model_outline, model_outputs
 from calibkit.memory import trim_heap
 from calibkit.notices import merge, recording
-from calibkit.onnx_model import file_sha256, image_input, model_metadata, model_outline, model_outputs
 from calibkit.progress import progress
 from calibkit.report.provenance import environment
 from calibkit.run_folder import SUMMARY, TIMINGS
@@ -148,7 +148,7 @@ def add_sensitivity(comparison: dict, model: Path, items: Sequence[ImageItem], p
 
 def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict:
     """``comparison`` with its rules and each candidate's verdict (``rules``: :func:`rules_for`), and ``note``."""
-    from calibkit.compare.verdict import degraded_rules, judge
+    from calibkit.tasks.verdict import degraded_rules, judge
 
     unusable_rules, gate_rules = rules
     comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
@@ -286,9 +286,9 @@ def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candida
 
 
 def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bool = False):
-    """The images preprocessed once for repeated scoring (:class:`~calibkit.compare.image_cache.ImageCache`:
+    """The images preprocessed once for repeated scoring (:class:`~calibkit.data.image_cache.ImageCache`:
     in memory up to its limit, the rest on disk), decoded when first used."""
-    from calibkit.compare.image_cache import ImageCache
+    from calibkit.data.image_cache import ImageCache
     from calibkit.data.loader import iter_batches
 
     def decode():
@@ -307,8 +307,9 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
     ``budget`` on all images (the comparison's measurement of that candidate is step 0). Layers the
     candidate keeps in float (``--exclude``) stay float in every variant and are not ranked."""
-    from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
     from calibkit.distributed import sharded_leave_one_out
+    from calibkit.sensitivity.budget import fit_accuracy_budget
+    from calibkit.sensitivity.ranking import layer_sensitivity
 
     results = {c["name"]: c for c in comparison["candidates"]}
     int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]

@@ -107,7 +107,7 @@ class ComparisonOptions:
     def rules(self, task) -> tuple:
         """The task's verdict rules with ``unusable_if`` and the ``fail_on`` gates, and the budget metric,
         checked against ``task``'s metrics before any inference."""
-        from calibkit.compare.verdict import rules_for
+        from calibkit.tasks.verdict import rules_for
 
         rules = rules_for(task, self.fail_on, self.unusable_if)
         if self.accuracy_budget is not None:

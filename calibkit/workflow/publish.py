@@ -31,8 +31,8 @@ class Publisher:
         self.provenance, self.extras = provenance, extras
 
     def __call__(self, comparison: dict, speed: Sequence[dict] = ()) -> None:
-        from calibkit.compare.verdict import recommendation
         from calibkit.report.html import write_report
+        from calibkit.tasks.verdict import recommendation
 
         self.provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
         comparison["warnings"] = merge(list(self.earlier), warned_so_far())

@@ -13,8 +13,8 @@ from calibkit.calib.registry import TensorRange, compute_ranges, get_calibrator
 from calibkit.data.images import discover_images
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import float_activations
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import float_activations
 from calibkit.stats.collect import collect_statistics
 from tests.artifacts.test_qdq import assert_convs_fully_quantized
 from tests.conftest import build_paddle_style_cnn, write_images

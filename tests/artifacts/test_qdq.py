@@ -118,7 +118,7 @@ def test_exclusions_keep_matched_nodes_in_float(small_model, small_ranges, tmp_p
 
 def test_an_opset_11_model_exports_loadable_models(small_model, tmp_path):
     from calibkit.calib.registry import TensorRange
-    from calibkit.onnx_model import float_activations
+    from calibkit.graph.onnx_model import float_activations
 
     old = onnx.load(str(small_model))
     old.opset_import[0].version = 11  # every op of the small model means the same at opset 11

@@ -9,9 +9,9 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import compute_ranges, get_calibrator
-from calibkit.compare.sensitivity import quantizable_nodes
 from calibkit.data.preprocess import Preprocess
-from calibkit.normalize import normalized_model
+from calibkit.graph.normalize import normalized_model
+from calibkit.sensitivity.ranking import quantizable_nodes
 from calibkit.stats.collect import collect_statistics
 from tests.conftest import build_paddle_style_cnn
 

@@ -13,7 +13,7 @@ from calibkit.artifacts.weight_levels import CORRECTED
 from calibkit.data.images import discover_images
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
-from calibkit.normalize import normalized_model
+from calibkit.graph.normalize import normalized_model
 from calibkit.workflow import calibrate, run_weights
 
 SPEC = Preprocess(size=(32, 32))

@@ -8,8 +8,8 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import compute_data_quant_params, quantize_nparray
 
 from calibkit.artifacts.weight_qdq import channel_scales, fold_weight_quantizers, quantize, weight_overrides
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import float_activations
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import float_activations
 
 
 def _real_weights(model):

@@ -106,7 +106,7 @@ def test_the_pass_in_graph_segments_equals_one_segment_and_runs_each_model_once_
 def test_a_candidates_segments_mirror_the_references(small_model, image_folder, tmp_path):
     from calibkit.data.images import discover_images
     from calibkit.data.preprocess import Preprocess
-    from calibkit.onnx_model import load_model
+    from calibkit.graph.onnx_model import load_model
     from calibkit.stats.segments import split, split_like
 
     spec = Preprocess(size=(32, 32))

@@ -8,7 +8,7 @@ from calibkit.calib.registry import get_calibrator
 from calibkit.data.images import discover_images
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
-from calibkit.onnx_model import float_activations, load_model
+from calibkit.graph.onnx_model import float_activations, load_model
 from calibkit.stats.clamps import Clamp, derivable_clamps
 from calibkit.stats.collect import collect_statistics
 

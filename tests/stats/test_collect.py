@@ -49,7 +49,7 @@ def test_moments_folded_beside_the_pass_equal_moments_folded_image_by_image(smal
     """The pass feeds the layer-input moments on a thread of their own; they must be those of the first
     images, in order, as a collector fed directly (to float rounding: the pass's session exposes more
     tensors, which changes ONNX Runtime's fusions)."""
-    from calibkit.normalize import normalized_model
+    from calibkit.graph.normalize import normalized_model
     from calibkit.stats.moments import MomentCollector, weighted_layers
 
     items = discover_images(image_folder)

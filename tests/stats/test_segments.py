@@ -1,8 +1,8 @@
 import numpy as np
 
 from calibkit.data.images import discover_images
-from calibkit.normalize import normalized_model
-from calibkit.onnx_model import activation_bytes, float_activations
+from calibkit.graph.normalize import normalized_model
+from calibkit.graph.onnx_model import activation_bytes, float_activations
 from calibkit.stats.collect import collect_part
 from calibkit.stats.moments import MomentCollector, weighted_layers
 from calibkit.stats.segments import cut_points, split

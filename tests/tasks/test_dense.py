@@ -45,7 +45,7 @@ def test_task_detection_from_outputs():
 
 
 def test_a_map_that_loses_most_of_its_foreground_is_unusable_even_with_a_fair_miou():
-    from calibkit.compare.verdict import judge, rules_for
+    from calibkit.tasks.verdict import judge, rules_for
 
     context = TaskContext([OutputInfo("map", (None, 1, None, None))], (4, 4), Preprocess(size=(4, 4)))
     unusable, _ = rules_for(make_task("dense", context))

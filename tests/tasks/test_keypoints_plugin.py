@@ -87,8 +87,8 @@ def test_the_plugin_keeps_the_contract_and_a_broken_candidate_is_called_unusable
 
 def test_the_cli_offers_the_plugin_and_accepts_its_metrics_in_rules(keypoints, capsys):
     from calibkit.cli.options import build_parser
-    from calibkit.compare.verdict import rules_for
     from calibkit.errors import CalibkitError
+    from calibkit.tasks.verdict import rules_for
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["compare", "--help"])

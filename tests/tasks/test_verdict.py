@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from calibkit.compare.verdict import judge, parse_rule, verdict_line
 from calibkit.errors import CalibkitError
+from calibkit.tasks.verdict import judge, parse_rule, verdict_line
 
 KEYS = ["recall", "top1_drop", "agreement", "output_sqnr"]
 
@@ -36,9 +36,9 @@ def test_nan_outputs_make_a_candidate_unusable():
 
 
 def test_outputs_drowned_in_noise_are_unusable_whatever_the_task_metric_says():
-    from calibkit.compare.verdict import rules_for
     from calibkit.data.preprocess import Preprocess
     from calibkit.tasks import OutputInfo, TaskContext, make_task
+    from calibkit.tasks.verdict import rules_for
 
     dense = make_task("dense", TaskContext([OutputInfo("map", (None, 1, None, None))], (4, 4), Preprocess(size=(4, 4))))
     unusable, _ = rules_for(dense)

@@ -22,7 +22,8 @@ from onnx import helper
 
 from calibkit.backends import load
 from calibkit.backends.onnxruntime import pieces, unpadded
-from calibkit.onnx_model import has_subgraph, tensor_types
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import has_subgraph, tensor_types
 
 # Bytes per batch of the base graph's tensors exposed for one group of suffixes, bytes of the weights
 # the group's sessions hold (in float, as they run), and the most suffixes in a group: together they bound
@@ -86,7 +87,7 @@ def suffix_of(base: Base, variant: onnx.ModelProto) -> Suffix:
         if changed or any(name in produced or name in rewritten for name in node.input):
             kept.add(index)
             produced.update(node.output)
-    producer = {out: index for index, node in enumerate(variant.graph.node) for out in node.output}
+    producer = GraphIndex(variant.graph).position
     wanted = [name for index in kept for name in variant.graph.node[index].input if name in producer]
     while wanted:  # a kept node's constant inputs are computed in the suffix, not read from the base
         name = wanted.pop()

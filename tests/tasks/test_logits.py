@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from calibkit.compare.accuracy import mean_kl, top_k
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import Batch
 from calibkit.tasks.classification import ClassificationScorer
+from calibkit.tasks.logits import mean_kl, top_k
 
 
 def test_top_k_orders_best_first():
@@ -79,7 +79,7 @@ def test_kl_of_a_model_ending_in_softmax_is_taken_on_its_probabilities(tmp_path)
         q.append(int8.run(None, {"input": b.array})[0])
     p, q = np.concatenate(p).astype(np.float64), np.concatenate(q).astype(np.float64)
     by_hand = float(np.mean(np.sum(p * np.log(p / (q / q.sum(axis=1, keepdims=True))), axis=1)))
-    from calibkit.compare.accuracy import log_softmax
+    from calibkit.tasks.logits import log_softmax
 
     log_p, log_q = log_softmax(p), log_softmax(q)
     flattened = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))  # the softmax of probabilities

@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from calibkit.data.images import discover_images
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
-from calibkit.equalize import MIN_SCALE, channel_scales, depthwise_inputs, equalize
-from calibkit.normalize import normalized_model
+from calibkit.graph.equalize import MIN_SCALE, channel_scales, depthwise_inputs, equalize
+from calibkit.graph.normalize import normalized_model
 from calibkit.stats.channels import channel_absmax
 from calibkit.workflow import CALIBRATED_GRAPH, calibrate
 from tests.conftest import write_images

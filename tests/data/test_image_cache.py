@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from calibkit.backends.onnxruntime import OrtSession
-from calibkit.compare.image_cache import ImageCache
-from calibkit.compare.sensitivity import fit_accuracy_budget, layer_sensitivity
+from calibkit.data.image_cache import ImageCache
 from calibkit.data.loader import iter_batches
-from tests.compare.test_sensitivity import SPEC, setup  # noqa: F401  (the fixture: colour photos, broken ranges)
+from calibkit.sensitivity.budget import fit_accuracy_budget
+from calibkit.sensitivity.ranking import layer_sensitivity
+from tests.sensitivity.test_ranking import SPEC, setup  # noqa: F401  (the fixture: colour photos, broken ranges)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_decoding_happens_once_however_many_passes(small_model, setup):
 def test_outputs_past_the_memory_bound_go_to_disk_and_read_back_in_order():
     import numpy as np
 
-    from calibkit.compare.image_cache import OutputCache
+    from calibkit.data.image_cache import OutputCache
 
     rng = np.random.default_rng(0)
     batches = [{"boxes": rng.standard_normal((2, 5)).astype(np.float32), "count": np.array([index])}

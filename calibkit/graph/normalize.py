@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import all_tensors, load_model
+from calibkit.graph.onnx_model import all_tensors, load_model
 
 # Per-channel DequantizeLinear (its axis attribute) and integer Clip need opset 13.
 MIN_QDQ_OPSET = 13

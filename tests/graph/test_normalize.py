@@ -6,8 +6,8 @@ import pytest
 from calibkit.artifacts.qdq import export_qdq
 from calibkit.calib.registry import TensorRange
 from calibkit.errors import CalibkitError
-from calibkit.normalize import MIN_QDQ_OPSET, check_equivalent, fp32_reference, normalize, normalized_model
-from calibkit.onnx_model import file_sha256
+from calibkit.graph.normalize import MIN_QDQ_OPSET, check_equivalent, fp32_reference, normalize, normalized_model
+from calibkit.graph.onnx_model import file_sha256
 from tests.conftest import build_paddle_style_cnn
 
 
@@ -48,7 +48,7 @@ def test_an_already_quantized_model_is_refused(small_model, tmp_path):
 
 
 def test_a_large_graph_is_memoised_on_disk_and_reads_back_the_same(paddle_style, tmp_path, monkeypatch):
-    import calibkit.normalize as normalize_module
+    import calibkit.graph.normalize as normalize_module
 
     in_memory = normalized_model(paddle_style).model.SerializeToString()
     monkeypatch.setattr(normalize_module, "MEMO_IN_MEMORY_BYTES", 0)
@@ -78,7 +78,7 @@ def _graph_with(nodes, value_info=(), opsets=(("", 13),)):
 def test_each_normalize_pass_does_what_its_reason_says():
     from onnx import TensorProto, helper
 
-    from calibkit.normalize import PASSES
+    from calibkit.graph.normalize import PASSES
 
     passes = {step.name: step for step in PASSES}
     assert all(step.reason for step in PASSES), "every pass says why it is there"

@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from calibkit.errors import CalibkitError
+from calibkit.graph.attributes import attribute
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
@@ -67,13 +68,13 @@ def all_tensors(graph: onnx.GraphProto):
     """Every tensor of ``graph``: initializers and node attributes, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for sub in [attribute.g] if attribute.HasField("g") else []:
+        for found in node.attribute:
+            if found.HasField("t"):
+                yield found.t
+            yield from found.tensors
+            for sub in [found.g] if found.HasField("g") else []:
                 yield from all_tensors(sub)
-            for sub in attribute.graphs:
+            for sub in found.graphs:
                 yield from all_tensors(sub)
 
 
@@ -165,7 +166,7 @@ def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     constants = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            value = attribute(node, "value")
             if value is not None:
                 constants[node.output[0]] = value
     return constants

@@ -25,7 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from calibkit.onnx_model import clamp_bounds, constant_values
+from calibkit.graph.attributes import attribute
+from calibkit.graph.index import GraphIndex
+from calibkit.graph.onnx_model import clamp_bounds, constant_values
 
 # A channel is never scaled up more than this: a channel nearly silent on the calibration images may
 # carry more later, and 1/128 keeps it within the tensor's INT8 grid.
@@ -69,7 +71,7 @@ def depthwise_inputs(model: onnx.ModelProto) -> dict[str, str]:
             continue
         if node.input[0] in bounded:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        group = attribute(node, "group", 1)
         dims = initializers[node.input[1]].dims
         if group > 1 and len(dims) == 4 and dims[0] == group and dims[1] == 1:
             found[node.name] = node.input[0]
@@ -94,10 +96,7 @@ def equalize(model: onnx.ModelProto, channel_absmax: Mapping[str, np.ndarray]) -
     result.CopyFrom(model)
     graph = result.graph
     initializers = {init.name: init for init in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
+    readers = GraphIndex(graph).consumers
     done = Equalization()
     nodes: list[onnx.NodeProto] = []
     targets = depthwise_inputs(result)
@@ -105,7 +104,7 @@ def equalize(model: onnx.ModelProto, channel_absmax: Mapping[str, np.ndarray]) -
         source = targets.get(node.name)
         scales = channel_scales(channel_absmax[source]) if source in channel_absmax else None
         filters = initializers.get(node.input[1]) if scales is not None else None
-        if scales is None or filters is None or users[node.input[1]] != 1 or filters.dims[0] != scales.size:
+        if scales is None or filters is None or len(readers[node.input[1]]) != 1 or filters.dims[0] != scales.size:
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(filters)

@@ -7,11 +7,11 @@ from calibkit.artifacts.qdq import export_qdq
 from calibkit.artifacts.qdq_edit import with_node_in_float
 from calibkit.backends.onnxruntime import OrtSession
 from calibkit.calib.registry import compute_ranges, get_calibrator
-from calibkit.compare.sensitivity import quantizable_nodes
-from calibkit.compare.suffix import Base, SuffixRunner, suffix_groups, suffix_of
 from calibkit.data.images import discover_images
 from calibkit.data.preprocess import Preprocess, decode_image
-from calibkit.normalize import normalized_model
+from calibkit.graph.normalize import normalized_model
+from calibkit.sensitivity.ranking import quantizable_nodes
+from calibkit.sensitivity.suffix import Base, SuffixRunner, suffix_groups, suffix_of
 from calibkit.stats.collect import collect_statistics
 from tests.conftest import build_small_cnn, write_images
 

@@ -6,7 +6,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import clamp_bounds, constant_values, float_activations, image_input, load_model, with_outputs
+from calibkit.graph.onnx_model import (
+    clamp_bounds,
+    constant_values,
+    float_activations,
+    image_input,
+    load_model,
+    with_outputs,
+)
 
 
 def _model(inputs):
@@ -91,7 +98,7 @@ def test_float_activations_trust_a_complete_value_info(small_model):
 
 
 def test_the_outline_keeps_inputs_and_nodes_without_the_weights(small_model):
-    from calibkit.onnx_model import image_input, model_outline
+    from calibkit.graph.onnx_model import image_input, model_outline
 
     outline, whole = model_outline(small_model), onnx.load(str(small_model))
     assert [n.op_type for n in outline.graph.node] == [n.op_type for n in whole.graph.node]
