@@ -242,12 +242,12 @@ def _with_local_models(candidate, models: Mapping[str, ModelFile]):
 def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[ImageItem], preprocess: Preprocess,
                        task, batch_size: int = 8, skip_bad: bool = False, layer_images: int | None = None,
                        backend: str = "ort-cpu", address: str = LOCAL, layer_seconds: float | None = None,
-                       before_layers=None) -> dict:
+                       before_layers=None):
     """:func:`calibkit.compare.run.compare_models` split into Ray tasks of whole batches (two per CPU, at
     about :data:`COMPARE_SHARD` images at most; one ONNX Runtime thread per task, as a task holds one CPU),
     then (the finished comparison handed to ``before_layers`` first) the per-layer pass in tasks of
     :data:`LAYER_SHARD` images; the parts merged in image order."""
-    from calibkit.compare.run import LAYER_IMAGES, comparison_document, deadline, layer_plan, with_layers
+    from calibkit.compare.run import LAYER_IMAGES, comparison_of, deadline, layer_plan, with_layers
 
     _, plan, layer_images = layer_plan(reference, candidates, items, preprocess,
                                        LAYER_IMAGES if layer_images is None else layer_images)
@@ -269,12 +269,12 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
             merged.merge(part)
         timings = {"outputs_pass_s": time.perf_counter() - started}
         chosen = merged.kept[:layer_images]
-        document = comparison_document(reference, candidates, merged, {}, 0, preprocess, task, backend, timings,
-                                       layers_pending=len(chosen))
+        comparison = comparison_of(reference, candidates, merged, {}, 0, preprocess, task, backend, timings,
+                                   layers_pending=len(chosen))
         if not chosen:
-            return document
+            return comparison
         if before_layers is not None:
-            before_layers(document)
+            before_layers(comparison)
         started = time.perf_counter()
         groups = [chosen[i:i + LAYER_SHARD] for i in range(0, len(chosen), LAYER_SHARD)]
         found = run_tasks(_layer_task, (*shared, plan, deadline(layer_seconds)), groups,
@@ -286,7 +286,7 @@ def sharded_comparison(reference: Path, candidates: Sequence, items: Sequence[Im
         for name, drifts in more.items():
             for drift, other in zip(layers[name], drifts):
                 drift.merge(other)
-    return with_layers(document, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
+    return with_layers(comparison, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
 
 
 def _sensitivity_task(model: ModelFile, ranges, cache, task, weights, exclude, nodes):

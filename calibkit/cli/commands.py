@@ -6,13 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.cli.defaults import INFERENCE_BATCH_SIZE
 from calibkit.engine.commands import engine_settings
 from calibkit.errors import CalibkitError
 from calibkit.stats import MEMORY_BUDGET
+
+if TYPE_CHECKING:
+    from calibkit.compare.results import ReportDocument
 
 
 def _preprocess(args: argparse.Namespace):
@@ -123,11 +126,11 @@ def _int8_from_spec(model: Path, spec: str, out: Path, exclude: Sequence[str] = 
     return int8_candidates(model, Path(run_dir), labels.split("+") if labels else None, exclude, out)
 
 
-def _gate(result: dict) -> int:
+def _gate(result: ReportDocument) -> int:
     """Exit code 3 when any candidate fails a --fail-on gate."""
-    failed = [c for c in result["comparison"]["candidates"] if c["verdict"]["failed_gates"]]
+    failed = [c for c in result.comparison.candidates if c.verdict.failed_gates]
     for c in failed:
-        print(f"calibkit: {c['name']} fails {'; '.join(c['verdict']['failed_gates'])}", file=sys.stderr)
+        print(f"calibkit: {c.name} fails {'; '.join(c.verdict.failed_gates)}", file=sys.stderr)
     return 3 if failed else 0
 
 
@@ -136,37 +139,35 @@ def points_text(loss: float) -> str:
     return f"loss {loss:.2f}" if loss >= 0 else f"gain {-loss:.2f}"
 
 
-def _summarise(result: dict, report: Path) -> None:
+def _summarise(result: ReportDocument, report: Path) -> None:
     """The verdict and the task's main metrics per candidate, on stderr."""
     from calibkit.bench.table import speed_text
-    from calibkit.tasks.base import Metric
     from calibkit.tasks.verdict import verdict_line
 
-    comparison = result["comparison"]
-    metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
-    lines = [f"report: {report}  (task: {comparison['task']['name']}, {comparison['images']} images)"]
-    if "sensitivity" in comparison:
-        sens = comparison["sensitivity"]
-        budget = sens["budget"]
-        top = ", ".join(r["node"] for r in sens["ranking"][:3])
-        lines.append(f"  most sensitive ({sens['calibrator']}): {top}")
-        chosen = budget["steps"][len(budget["kept_float"])]
-        outcome = "met" if budget["met"] else f"NOT met by up to {budget['steps'][-1]['float_layers']} layers; closest"
-        lines.append(f"  budget {budget['budget']} {budget['metric']} points {outcome} "
+    comparison = result.comparison
+    lines = [f"report: {report}  (task: {comparison.task.name}, {comparison.images} images)"]
+    if comparison.sensitivity is not None:
+        sens = comparison.sensitivity
+        budget = sens.budget
+        top = ", ".join(r["node"] for r in sens.ranking[:3])
+        lines.append(f"  most sensitive ({sens.calibrator}): {top}")
+        chosen = budget.steps[len(budget.kept_float)]
+        outcome = "met" if budget.met else f"NOT met by up to {budget.steps[-1]['float_layers']} layers; closest"
+        lines.append(f"  budget {budget.budget} {budget.metric} points {outcome} "
                      f"with {chosen['float_layers']} layer(s) in float: {points_text(chosen['loss'])}")
-    for c in comparison["candidates"]:
-        shown = [f"{m.key} {m.format(c['metrics'].get(m.key))}" for m in metrics
-                 if c["metrics"].get(m.key) is not None][:4]
-        speed = [r for r in result["speed"] if r["candidate"] == c["name"] and r["speedup"]]
+    for c in comparison.candidates:
+        shown = [f"{m.key} {m.format(c.metrics.get(m.key))}" for m in comparison.task.metrics
+                 if c.metrics.get(m.key) is not None][:4]
+        speed = [r for r in result.speed if r["candidate"] == c.name and r["speedup"]]
         if speed:
             shown.append(speed_text(speed[-1]))
-        lines.append(f"  {verdict_line(c['name'], c['verdict'])}")
-        lines.append(f"      {'  '.join(shown)}  output SQNR {c['metrics']['output_sqnr']:.1f} dB")
+        lines.append(f"  {verdict_line(c.name, c.verdict)}")
+        lines.append(f"      {'  '.join(shown)}  output SQNR {c.metrics['output_sqnr']:.1f} dB")
     from calibkit.engine.summary import engine_lines
 
-    lines += engine_lines(comparison.get("engine"))
-    if comparison.get("recommendation"):
-        lines.append(comparison["recommendation"])
+    lines += engine_lines(comparison.engine)
+    if comparison.recommendation:
+        lines.append(comparison.recommendation)
     print("\n".join(lines), file=sys.stderr)
 
 

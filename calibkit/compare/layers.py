@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from calibkit.backends import load
+from calibkit.compare.results import TensorDrift
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import iter_batches
 from calibkit.data.preprocess import Preprocess
@@ -99,15 +100,10 @@ class LayerDrift:
         """Largest absolute error relative to the tensor's reference range."""
         return self.max_abs_error / self.ref_absmax if self.ref_absmax else 0.0
 
-    def to_dict(self) -> dict:
-        return {
-            "tensor": self.name,
-            "sqnr_db": self.sqnr_db,
-            "cosine": self.cosine,
-            "max_abs_error": self.max_abs_error,
-            "max_rel_error": self.max_rel_error,
-            "nonfinite": self.nonfinite,
-        }
+    def result(self) -> TensorDrift:
+        """The drift as the comparison's record of it."""
+        return TensorDrift(self.name, self.sqnr_db, self.cosine, self.max_abs_error, self.max_rel_error,
+                           self.nonfinite)
 
 
 def candidate_sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float, float, int]:

@@ -23,6 +23,7 @@ from calibkit.backends import load
 from calibkit.backends.base import backend_info
 from calibkit.colours import colour_key, method_colours
 from calibkit.compare.layers import InlineLayerDrift, LayerDrift, layer_drift, plan_layers
+from calibkit.compare.results import CandidateResult, Comparison, ReferenceResult, TaskSummary
 from calibkit.data.image_cache import ImageCache, OutputCache
 from calibkit.data.images import ImageItem
 from calibkit.data.loader import LoadReport, iter_batches
@@ -118,8 +119,8 @@ def compare_models(
     layer_images: int = LAYER_IMAGES,
     backend: str = "ort-cpu",
     layer_seconds: float | None = None,
-    before_layers: Callable[[dict], None] | None = None,
-) -> dict:
+    before_layers: Callable[[Comparison], None] | None = None,
+) -> Comparison:
     """Task metrics and per-output drift on every image; per-layer drift on the first ``layer_images``
     (fewer for models whose activations are large: see ``LayerPlan.images``).
 
@@ -136,16 +137,16 @@ def compare_models(
     part = compare_part(reference, candidates, items, preprocess, task, batch_size, skip_bad, backend, inline, plan)
     timings = {"outputs_pass_s": time.perf_counter() - started}
     if part.layers or not layer_images:
-        return comparison_document(reference, candidates, part, part.layers, part.layer_images, preprocess, task,
-                                   backend, timings)
+        return comparison_of(reference, candidates, part, part.layers, part.layer_images, preprocess, task,
+                             backend, timings)
     chosen = part.kept[:layer_images]
-    document = comparison_document(reference, candidates, part, {}, 0, preprocess, task, backend, timings,
-                                   layers_pending=len(chosen))
+    comparison = comparison_of(reference, candidates, part, {}, 0, preprocess, task, backend, timings,
+                               layers_pending=len(chosen))
     if before_layers is not None:
-        before_layers(document)
+        before_layers(comparison)
     started = time.perf_counter()
     layers, done = layer_drift(reference, drift_models, chosen, preprocess, plan, deadline=deadline(layer_seconds))
-    return with_layers(document, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
+    return with_layers(comparison, layers, done, len(chosen), layer_seconds, time.perf_counter() - started)
 
 
 def inline_layers(reference: Path, candidates: Sequence[Candidate], backend: str, plan) -> bool:
@@ -162,20 +163,20 @@ def deadline(seconds: float | None) -> float | None:
     return None if seconds is None else time.time() + seconds
 
 
-def with_layers(document: dict, layers: Mapping[str, list[LayerDrift]], done: int, planned: int,
-                seconds: float | None, elapsed: float) -> dict:
-    """``document`` with the separate per-layer pass's drift, saying (and warning) when the time budget
+def with_layers(comparison: Comparison, layers: Mapping[str, list[LayerDrift]], done: int, planned: int,
+                seconds: float | None, elapsed: float) -> Comparison:
+    """``comparison`` with the separate per-layer pass's drift, saying (and warning) when the time budget
     stopped it before its ``planned`` images."""
-    for candidate in document["candidates"]:
-        candidate["layers"] = [d.to_dict() for d in layers.get(candidate["name"], [])]
-    document.pop("layers_pending", None)
-    document["layer_images"] = done
-    document["timings"]["layer_pass_s"] = elapsed
+    for candidate in comparison.candidates:
+        candidate.layers = [d.result() for d in layers.get(candidate.name, [])]
+    comparison.layers_pending = None
+    comparison.layer_images = done
+    comparison.timings["layer_pass_s"] = elapsed
     if done < planned:
-        document["layer_note"] = (f"the per-layer pass stopped at its {seconds:g} s time budget (--layer-seconds) "
-                                  f"after {done} of {planned} images")
-        warnings.warn(document["layer_note"], stacklevel=2)
-    return document
+        comparison.layer_note = (f"the per-layer pass stopped at its {seconds:g} s time budget (--layer-seconds) "
+                                 f"after {done} of {planned} images")
+        warnings.warn(comparison.layer_note, stacklevel=2)
+    return comparison
 
 
 def layer_plan(reference: Path, candidates: Sequence[Candidate], items: Sequence[ImageItem], preprocess: Preprocess,
@@ -271,42 +272,28 @@ def one_model_at_a_time(reference: Path, candidates: Sequence[Candidate], items:
     return part
 
 
-def comparison_document(reference: Path, candidates: Sequence[Candidate], part: ComparePart,
-                        layers: Mapping[str, list[LayerDrift]], layer_images: int, preprocess: Preprocess, task: Task,
-                        backend: str, timings: dict, layers_pending: int = 0) -> dict:
-    """The comparison's JSON document from a (merged) pass and the per-layer drift; ``layers_pending``
-    images still to come from a separate per-layer pass (:func:`with_layers` adds them)."""
+def comparison_of(reference: Path, candidates: Sequence[Candidate], part: ComparePart,
+                  layers: Mapping[str, list[LayerDrift]], layer_images: int, preprocess: Preprocess, task: Task,
+                  backend: str, timings: dict, layers_pending: int = 0) -> Comparison:
+    """The comparison's results from a (merged) pass and the per-layer drift; ``layers_pending`` images
+    still to come from a separate per-layer pass (:func:`with_layers` adds them)."""
     absolute_keys = [m.key for m in task.metrics if not m.versus_fp32]
     label_keys = [m.key for m in task.metrics if m.labels]
     reference_metrics = part.reference_scorer.result()
-    results = []
     colours = method_colours([colour_key(c.calibrator, c.name) for c in candidates])
+    results = []
     for c in candidates:
         scorer = part.scorers[c.name]
         drifts = list(part.output_drift[c.name].values())
-        results.append({
-            "name": c.name,
-            "precision": c.precision,
-            "calibrator": c.calibrator,
-            "model": str(c.model),
-            "metrics": {**scorer.result(), **output_metrics(drifts)},
-            "details": scorer.details(),
-            "examples": scorer.examples(preprocess, EXAMPLES, colour=colours[colour_key(c.calibrator, c.name)]),
-            "outputs": [d.to_dict() for d in drifts],
-            "layers": [d.to_dict() for d in layers.get(c.name, [])],
-        })
-    return {
-        "task": {"name": task.name, "description": task.description, "settings": task.settings,
-                 "metrics": [vars(m) for m in task.metrics]},
-        "reference": {"model": str(reference), "outputs": list(next(iter(part.output_drift.values()))),
-                      "metrics": {k: reference_metrics.get(k) for k in absolute_keys}},
-        "images": len(part.kept),
-        "skipped_images": part.skipped,
-        "labelled": any(reference_metrics.get(k) is not None for k in label_keys),
-        "layer_images": layer_images,
-        "preprocess": preprocess.describe(),
-        "candidates": results,
-        "timings": timings,
-        "backend": backend,
-        **({"layers_pending": layers_pending} if layers_pending else {}),
-    }
+        results.append(CandidateResult(
+            c.name, c.precision, c.calibrator, str(c.model), {**scorer.result(), **output_metrics(drifts)},
+            scorer.details(), scorer.examples(preprocess, EXAMPLES, colour=colours[colour_key(c.calibrator, c.name)]),
+            [d.result() for d in drifts], [d.result() for d in layers.get(c.name, [])]))
+    return Comparison(
+        task=TaskSummary(task.name, task.description, task.settings, list(task.metrics)),
+        reference=ReferenceResult(str(reference), list(next(iter(part.output_drift.values()))),
+                                  {k: reference_metrics.get(k) for k in absolute_keys}),
+        images=len(part.kept), skipped_images=part.skipped,
+        labelled=any(reference_metrics.get(k) is not None for k in label_keys),
+        layer_images=layer_images, preprocess=preprocess.describe(), candidates=results, timings=timings,
+        backend=backend, layers_pending=layers_pending or None)

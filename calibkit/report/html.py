@@ -12,13 +12,12 @@ import numpy as np
 
 from calibkit.backends.base import backend_info
 from calibkit.colours import colour_key
-
-from calibkit.tasks.verdict import parse_rule
+from calibkit.compare.results import CandidateResult, Comparison, ReportDocument, TensorDrift
 from calibkit.fileio import write_text_atomic
 from calibkit.report.provenance import cpu_name, gpu_name, usable_cpus
 from calibkit.report.svg import axis_range, histogram_chart, index_ticks, line_chart, method_colours
 from calibkit.stats.histogram import TensorStats
-from calibkit.tasks.base import Metric
+from calibkit.tasks.verdict import parse_rule
 
 # Lowest-SQNR layers named beside their points in each per-layer chart.
 MARKED_LAYERS = 3
@@ -39,9 +38,9 @@ def _json_safe(value):
     return value
 
 
-def method_key(candidate: Mapping) -> str:
+def method_key(candidate: CandidateResult) -> str:
     """What a candidate's colour follows (:func:`calibkit.colours.colour_key`)."""
-    return colour_key(candidate.get("calibrator"), candidate["name"])
+    return colour_key(candidate.calibrator, candidate.name)
 
 
 def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
@@ -57,26 +56,26 @@ def _histograms(tensors: Sequence[str], stats: Mapping[str, TensorStats],
     return figures
 
 
-def _rule_classes(comparison: Mapping, metrics: Sequence[str]) -> dict[str, list]:
+def _rule_classes(comparison: Comparison, metrics: Sequence[str]) -> dict[str, list]:
     """The gate, unusable and degraded rules of the run by metric key, so a cell can be coloured by its
     threshold."""
     rules: dict[str, list] = {}
-    given = comparison.get("rules", {})
+    given = comparison.rules or {}
     for text in [*given.get("fail_on", []), *given.get("unusable_if", []), *given.get("degraded_if", [])]:
         rule = parse_rule(text, metrics)
         rules.setdefault(rule.metric, []).append(rule)
     return rules
 
 
-def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
+def _metric_table(comparison: Comparison, colours: Mapping[str, str]) -> dict:
     """Columns (the task's metrics that have a value somewhere) and one row per model, formatted; a
     cell under a gate or unusable rule is marked ``bad`` when the rule is met, else ``good`` (never for
     a candidate judged unusable)."""
-    metrics = [Metric(**m) for m in comparison["task"]["metrics"]]
-    reference = comparison["reference"]["metrics"]
+    metrics = comparison.task.metrics
+    reference = comparison.reference.metrics
     columns = [m for m in metrics
-               if reference.get(m.key) is not None or any(c["metrics"].get(m.key) is not None
-                                                           for c in comparison["candidates"])]
+               if reference.get(m.key) is not None or any(c.metrics.get(m.key) is not None
+                                                           for c in comparison.candidates)]
     rules = _rule_classes(comparison, [m.key for m in metrics] + ["output_sqnr"])
 
     def judged(values: Mapping, key: str, usable: bool = True) -> str:
@@ -86,26 +85,26 @@ def _metric_table(comparison: Mapping, colours: Mapping[str, str]) -> dict:
     rows = [{"name": "fp32 (reference)", "cells": [(m.format(None if m.versus_fp32 else reference.get(m.key)), "")
                                                    for m in columns], "status": "reference", "sqnr": ("–", ""),
              "colour": None}]
-    for c in comparison["candidates"]:
-        sqnr = c["metrics"].get("output_sqnr")
+    for c in comparison.candidates:
+        sqnr = c.metrics.get("output_sqnr")
         shown = "∞" if sqnr == math.inf else f"{sqnr:.1f}" if sqnr is not None else "–"
-        usable = c["verdict"]["status"] not in ("unusable", "degraded")  # no number of a broken model is green
-        rows.append({"name": c["name"], "cells": [(m.format(c["metrics"].get(m.key)), judged(c["metrics"], m.key, usable))
-                                                  for m in columns],
-                     "status": c["verdict"]["status"], "sqnr": (shown, judged(c["metrics"], "output_sqnr", usable)),
+        usable = c.verdict.usable  # no number of a broken model is green
+        rows.append({"name": c.name, "cells": [(m.format(c.metrics.get(m.key)), judged(c.metrics, m.key, usable))
+                                               for m in columns],
+                     "status": c.verdict.status, "sqnr": (shown, judged(c.metrics, "output_sqnr", usable)),
                      "colour": colours.get(method_key(c))})
     return {"columns": columns, "rows": rows}
 
 
-def _detail_tables(candidate: Mapping) -> list[dict]:
+def _detail_tables(candidate: CandidateResult) -> list[dict]:
     """Every list-of-rows entry of a candidate's task details as a table (e.g. per class)."""
     tables = []
-    for key, value in candidate.get("details", {}).items():
+    for key, value in candidate.details.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
             header = list(value[0])
             rows = [[_cell(row.get(h)) for h in header] for row in value]
-            tables.append({"title": f"{candidate['name']}: {key.replace('_', ' ')}", "header": header, "rows": rows,
-                           "note": candidate["details"].get(f"{key}_note")})
+            tables.append({"title": f"{candidate.name}: {key.replace('_', ' ')}", "header": header, "rows": rows,
+                           "note": candidate.details.get(f"{key}_note")})
     return tables
 
 
@@ -117,73 +116,75 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _without_images(comparison: Mapping) -> dict:
-    """The comparison for JSON: example figures keep their captions, not their pixels."""
-    document = dict(comparison)
-    document["candidates"] = [
-        {**c, "examples": [{"caption": e["caption"]} for e in c.get("examples", [])]} for c in comparison["candidates"]
-    ]
+def _without_images(document: dict) -> dict:
+    """``report.json``'s document with example figures keeping their captions, not their pixels."""
+    for candidate in document["comparison"]["candidates"]:
+        candidate["examples"] = [{"caption": e["caption"]} for e in candidate.get("examples", [])]
     return document
 
 
 def write_report(
     out_html: Path,
-    comparison: Mapping,
+    comparison: Comparison | Mapping,
     speed_rows: Sequence[Mapping] = (),
     stats: Mapping[str, TensorStats] | None = None,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     provenance: Mapping | None = None,
     sufficiency: Mapping | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out_html`` and ``<stem>.json`` with every number; return both paths."""
+    """Write ``out_html`` and ``<stem>.json`` with every number; return both paths. ``comparison`` may
+    also be the ``comparison`` of a report.json (any schema version), read back as records."""
+    if not isinstance(comparison, Comparison):
+        comparison = Comparison.from_dict(comparison)
     out_html = Path(out_html)
     out_json = out_html.with_suffix(".json")
-    candidates = [{**c, "worst_layers": _worst_layers(c)} for c in comparison["candidates"]]
-    worst_tensors = [l["tensor"] for c in candidates for l in c["worst_layers"]]
+    candidates = comparison.candidates
+    worst_layers = {c.name: _worst_layers(c) for c in candidates}
+    worst_tensors = [layer.tensor for layers in worst_layers.values() for layer in layers]
     thresholds = _in_candidate_order(thresholds, candidates)
     colours = method_colours([method_key(c) for c in candidates] + list(thresholds)
                              + list((sufficiency or {}).get("methods", {})))
     speed = {("fp32" if row["precision"] == "fp32" else row["candidate"], row["batch"]): row for row in speed_rows}
-    backend = backend_info(comparison.get("backend", "ort-cpu"))
+    backend = backend_info(comparison.backend)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
     html = environment.get_template("report.html.j2").render(
-        model_name=Path(comparison["reference"]["model"]).name,
-        task=comparison["task"],
-        rules=comparison.get("rules", {}),
-        images=comparison["images"],
-        skipped=comparison.get("skipped_images", 0),
-        labelled=comparison["labelled"],
-        preprocess=comparison.get("preprocess", ""),
-        coverage_note=comparison.get("note"),
-        warnings=comparison.get("warnings", []),
-        recommendation=comparison.get("recommendation"),
+        model_name=Path(comparison.reference.model).name,
+        task=comparison.task,
+        rules=comparison.rules or {},
+        images=comparison.images,
+        skipped=comparison.skipped_images,
+        labelled=comparison.labelled,
+        preprocess=comparison.preprocess,
+        coverage_note=comparison.note,
+        warnings=comparison.warnings or [],
+        recommendation=comparison.recommendation,
         table=_metric_table(comparison, colours),
-        details=[t for c in comparison["candidates"] for t in _detail_tables(c)],
+        details=[t for c in candidates for t in _detail_tables(c)],
         candidates=candidates,
+        worst_layers=worst_layers,
         batch_sizes=sorted({row["batch"] for row in speed_rows}),
         speed=speed,
-        speed_error=comparison.get("speed_error"),
-        profiles=comparison.get("profiles", {}),
-        placement=comparison.get("placement", {}),
-        layer_times=comparison.get("layer_times", {}),
+        speed_error=comparison.speed_error,
+        profiles=comparison.profiles or {},
+        placement=comparison.placement or {},
+        layer_times=comparison.layer_times or {},
         on_gpu=backend.on_gpu,
         speed_device=_speed_device(backend),
-        drift_charts=_drift_charts(comparison["candidates"], colours),
+        drift_charts=_drift_charts(candidates, colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_status=layer_status(comparison),
-        sensitivity=comparison.get("sensitivity"),
-        engine=comparison.get("engine"),
-        engine_drift={c["name"]: _finite_drift(c) for c in candidates},
+        sensitivity=comparison.sensitivity,
+        engine=comparison.engine,
+        engine_drift={c.name: _finite_drift(c) for c in candidates},
         sufficiency=sufficiency,
         sufficiency_chart=_sufficiency_chart(sufficiency, colours),
         sufficient_pct=SUFFICIENT_CHANGE_PCT,
         provenance=dict(provenance or {}),
         json_name=out_json.name,
     )
-    document = {"comparison": _without_images(comparison), "speed": list(speed_rows),
-                "provenance": dict(provenance or {}), "sufficiency": sufficiency}
-    write_text_atomic(out_json, json.dumps(_json_safe(document), indent=1, default=_default) + "\n")
+    document = ReportDocument(comparison, list(speed_rows), dict(provenance or {}), sufficiency).to_dict()
+    write_text_atomic(out_json, json.dumps(_json_safe(_without_images(document)), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
 
@@ -194,47 +195,46 @@ def _speed_device(backend) -> str:
         f"{backend.label} on {cpu_name()}, {usable_cpus()} CPUs usable"
 
 
-def _finite_drift(candidate: Mapping) -> dict[str, float]:
+def _finite_drift(candidate: CandidateResult) -> dict[str, float]:
     """SQNR by tensor of the candidate's layers that differ from FP32 at all (finite SQNR)."""
-    return {l["tensor"]: l["sqnr_db"] for l in candidate["layers"] if math.isfinite(l["sqnr_db"])}
+    return {layer.tensor: layer.sqnr_db for layer in candidate.layers if math.isfinite(layer.sqnr_db)}
 
 
-def _worst_layers(candidate: Mapping) -> list[Mapping]:
+def _worst_layers(candidate: CandidateResult) -> list[TensorDrift]:
     """The candidate's :data:`WORST_LAYERS` lowest-SQNR layers (identical ones, SQNR inf, left out)."""
-    layers = [l for l in candidate["layers"] if math.isfinite(l["sqnr_db"])]
-    return sorted(layers, key=lambda l: l["sqnr_db"])[:WORST_LAYERS]
+    layers = [layer for layer in candidate.layers if math.isfinite(layer.sqnr_db)]
+    return sorted(layers, key=lambda layer: layer.sqnr_db)[:WORST_LAYERS]
 
 
-def layer_status(comparison: Mapping) -> str:
+def layer_status(comparison: Comparison) -> str:
     """What the report says of its per-layer drift: on how many images, still to come, stopped, or none."""
-    if comparison.get("layers_pending"):
-        return (f"per-layer drift on {comparison['layers_pending']} images not in this report: that pass started "
+    if comparison.layers_pending:
+        return (f"per-layer drift on {comparison.layers_pending} images not in this report: that pass started "
                 "after it was written, and writes the complete report beside it if it finishes")
-    images = comparison.get("layer_images", comparison["images"])
-    if not images:
+    if not comparison.layer_images:
         return "no per-layer drift"
-    note = comparison.get("layer_note")
-    return f"per-layer drift on the first {images}" + (f" ({note})" if note else "")
+    note = comparison.layer_note
+    return f"per-layer drift on the first {comparison.layer_images}" + (f" ({note})" if note else "")
 
 
-def _drift_charts(candidates: Sequence[Mapping], colours: Mapping[str, str]) -> list[dict]:
+def _drift_charts(candidates: Sequence[CandidateResult], colours: Mapping[str, str]) -> list[dict]:
     """Per-layer SQNR as small multiples, one chart per candidate on a shared y axis, so curves that
     would overlap on one chart stay readable and comparable."""
-    with_layers = [c for c in candidates if c["layers"]]
+    with_layers = [c for c in candidates if c.layers]
     if not with_layers:
         return []
-    y_range = axis_range([l["sqnr_db"] for c in with_layers for l in c["layers"]])
+    y_range = axis_range([layer.sqnr_db for c in with_layers for layer in c.layers])
     charts = []
     for c in with_layers:
-        labels = [l["tensor"] for l in c["layers"]]
-        values = [l["sqnr_db"] for l in c["layers"]]
+        labels = [layer.tensor for layer in c.layers]
+        values = [layer.sqnr_db for layer in c.layers]
         finite = [i for i, v in enumerate(values) if math.isfinite(v)]
         worst = sorted(finite, key=lambda i: values[i])[:MARKED_LAYERS]
-        svg = line_chart({c["name"]: values}, labels, "SQNR (dB)", "layer index (network depth); the "
-                         f"{len(worst)} lowest named", height=170, colours={c["name"]: colours.get(method_key(c))},
+        svg = line_chart({c.name: values}, labels, "SQNR (dB)", "layer index (network depth); the "
+                         f"{len(worst)} lowest named", height=170, colours={c.name: colours.get(method_key(c))},
                          y_range=y_range, x_ticks=index_ticks(len(labels)),
                          marks={i: _short(labels[i]) for i in worst})
-        charts.append({"name": c["name"], "svg": svg})
+        charts.append({"name": c.name, "svg": svg})
     return charts
 
 
@@ -262,7 +262,7 @@ def _sufficiency_chart(sufficiency: Mapping | None, colours: Mapping[str, str]) 
 def _in_candidate_order(thresholds, candidates) -> dict:
     """Thresholds keyed like the candidates' calibrators, in candidate order, so colours match the charts."""
     thresholds = thresholds or {}
-    ordered = [c["calibrator"] for c in candidates if c.get("calibrator") in thresholds]
+    ordered = [c.calibrator for c in candidates if c.calibrator in thresholds]
     return {label: thresholds[label] for label in ordered}
 
 

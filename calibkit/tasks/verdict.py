@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from calibkit.errors import CalibkitError
+from calibkit.records import Record
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _RULE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
@@ -71,9 +72,26 @@ def degraded_rules(task) -> list[Rule]:
     return [parse_rule(r, allowed) for r in task.degraded_if]
 
 
+@dataclass
+class Verdict(Record):
+    """A candidate judged by its task's rules (:func:`calibkit.tasks.verdict.judge`): ``usable``,
+    ``degraded``, ``fails gate`` or ``unusable``, with every reason in words."""
+
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)
+    failed_gates: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the candidate's numbers may be shown as good (not unusable, not degraded)."""
+        return self.status not in ("unusable", "degraded")
+
+
 def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail_on: Sequence[Rule],
-          degraded_if: Sequence[Rule] = ()) -> dict:
-    """``{status, reasons}``: ``unusable``, ``fails gate``, ``degraded`` (it works, but one of the task's
+          degraded_if: Sequence[Rule] = ()) -> Verdict:
+    """The :class:`Verdict`: ``unusable``, ``fails gate``, ``degraded`` (it works, but one of the task's
     ``degraded_if`` rules holds: never shown as good) or ``usable``; a gate whose metric was not measured
     fails (a gate nobody can check is not passed)."""
     unusable = [rule.describe(metrics) for rule in unusable_if if rule.met(metrics)]
@@ -82,15 +100,14 @@ def judge(metrics: Mapping[str, float | None], unusable_if: Sequence[Rule], fail
     if metrics.get("nonfinite_outputs"):
         unusable.insert(0, f"{int(metrics['nonfinite_outputs'])} output values are NaN or infinite")
     status = "unusable" if unusable else "fails gate" if failed else "degraded" if degraded else "usable"
-    return {"status": status, "reasons": unusable + failed + degraded, "unusable": unusable, "failed_gates": failed,
-            "degraded": degraded}
+    return Verdict(status, unusable + failed + degraded, unusable, failed, degraded)
 
 
-def verdict_line(name: str, verdict: Mapping) -> str:
+def verdict_line(name: str, verdict: Verdict) -> str:
     """The sentence a person reads, e.g. ``int8 entropy2: UNUSABLE (recall 0 < 0.5)``."""
-    if verdict["status"] == "usable":
+    if verdict.status == "usable":
         return f"{name}: usable"
-    return f"{name}: {verdict['status'].upper()} ({'; '.join(verdict['reasons'])})"
+    return f"{name}: {verdict.status.upper()} ({'; '.join(verdict.reasons)})"
 
 
 def rules_for(task, fail_on: Sequence[str] = (), unusable_if: Sequence[str] | None = None) -> tuple[list[Rule], list[Rule]]:
@@ -106,21 +123,21 @@ def rules_for(task, fail_on: Sequence[str] = (), unusable_if: Sequence[str] | No
     return unusable, [parse_rule(r, allowed) for r in fail_on]
 
 
-def recommendation(task, candidates: Sequence[Mapping], speed_rows: Sequence[Mapping] = ()) -> str:
+def recommendation(task, candidates: Sequence, speed_rows: Sequence[Mapping] = ()) -> str:
     """The verdict's last sentence: the most accurate usable INT8 candidate in the task's own terms (else
     the most accurate usable one, else FP32), with its speed where a measurement of it is not noisy."""
-    usable = [c for c in candidates if c["verdict"]["status"] == "usable"]
+    usable = [c for c in candidates if c.verdict.status == "usable"]
     if not usable:
-        degraded = [c["name"] for c in candidates if c["verdict"]["status"] == "degraded"]
+        degraded = [c.name for c in candidates if c.verdict.status == "degraded"]
         some = f"; {', '.join(degraded)} work but lose visibly (reasons above)" if degraded else " (reasons above)"
         return f"Recommendation: keep FP32; no candidate is usable as it is{some}."
-    int8 = [c for c in usable if c["precision"] == "int8"]
-    best = min(int8 or usable, key=lambda c: _loss(task, c["metrics"])[0])
-    loss, metric = _loss(task, best["metrics"])
+    int8 = [c for c in usable if c.precision == "int8"]
+    best = min(int8 or usable, key=lambda c: _loss(task, c.metrics)[0])
+    loss, metric = _loss(task, best.metrics)
     accuracy = (f"output SQNR {-loss:.1f} dB" if metric == "output SQNR"
                 else f"{metric} {'loss' if loss >= 0 else 'gain'} {abs(loss):.2f} points against FP32")
     kind = "INT8 candidate" if int8 else "candidate; no INT8 candidate is usable"
-    return f"Recommendation: {best['name']}, the most accurate usable {kind} ({accuracy}){_speed(best, speed_rows)}."
+    return f"Recommendation: {best.name}, the most accurate usable {kind} ({accuracy}){_speed(best, speed_rows)}."
 
 
 def _loss(task, metrics: Mapping[str, float | None]) -> tuple[float, str]:
@@ -131,8 +148,8 @@ def _loss(task, metrics: Mapping[str, float | None]) -> tuple[float, str]:
         return -float(metrics.get("output_sqnr") or 0.0), "output SQNR"
 
 
-def _speed(candidate: Mapping, speed_rows: Sequence[Mapping]) -> str:
-    rows = [r for r in speed_rows if r["candidate"] == candidate["name"] and r.get("speedup")]
+def _speed(candidate, speed_rows: Sequence[Mapping]) -> str:
+    rows = [r for r in speed_rows if r["candidate"] == candidate.name and r.get("speedup")]
     steady = [r for r in rows if not r.get("noisy")]
     if steady:
         row = max(steady, key=lambda r: r["batch"])

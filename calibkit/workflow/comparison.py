@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from calibkit.artifacts.ranges_json import read_ranges
 from calibkit.backends.base import backend_info
+from calibkit.compare.results import BudgetFit, Comparison, ReportDocument, SensitivityResult
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import Preprocess
@@ -85,7 +86,7 @@ def check_labels(items: Sequence[ImageItem], classes: int | None, model: Path) -
 
 @recording
 def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, candidates: Sequence[Candidate],
-                       report: Path, task: Task, **options) -> dict:
+                       report: Path, task: Task, **options) -> ReportDocument:
     """Compare in the task's terms, judge each candidate, optionally rank layer sensitivity and fit an
     accuracy budget, write ``report`` (HTML) and its JSON, then benchmark and write them again: a
     failed benchmark never discards a finished comparison, and a separate per-layer pass starts only once
@@ -94,8 +95,8 @@ def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Prep
     With ``ray`` (an address, or ``local``) the comparison and the sensitivity ranking run as Ray tasks
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
     model (:func:`engine_check`). ``layer_images`` caps the per-layer drift pass (0 skips it; ``None``: the
-    default, :data:`calibkit.compare.run.LAYER_IMAGES`) and ``layer_seconds`` its time. Returns the JSON
-    document."""
+    default, :data:`calibkit.compare.run.LAYER_IMAGES`) and ``layer_seconds`` its time. Returns what
+    ``report.json`` holds, as records (:mod:`calibkit.compare.results`)."""
     from calibkit.compare.run import compare_models
     from calibkit.distributed import sharded_comparison
 
@@ -117,7 +118,7 @@ def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Prep
                                   config.skip_bad)
     if config.engines is not None:
         add_engine_check(comparison, model, candidates, preprocess, config.engines, Path(report).parent)
-        engine = comparison["engine"]
+        engine = comparison.engine
         provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
     publish(comparison)
     speed: list[dict] = []
@@ -125,13 +126,13 @@ def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Prep
         try:
             speed = add_speed(comparison, models, model, preprocess, config.batch_sizes, config.backend)
         except CalibkitError as exc:
-            comparison["speed_error"] = str(exc)
+            comparison.speed_error = str(exc)
             warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
         publish(comparison, speed)
-    return {"comparison": comparison, "speed": speed}
+    return ReportDocument(comparison, speed, provenance, extras["sufficiency"])
 
 
-def add_sensitivity(comparison: dict, model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
+def add_sensitivity(comparison: Comparison, model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
                     candidates: Sequence[Candidate], budget: float, out: Path, sensitivity_images: int,
                     budget_metric: str, ray: str | None, skip_bad: bool) -> list[tuple[str, str, Path]]:
     """The sensitivity ranking and the budget's mixed model into ``comparison``
@@ -139,24 +140,23 @@ def add_sensitivity(comparison: dict, model: Path, items: Sequence[ImageItem], p
     started = time.perf_counter()
     sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, budget, out,
                                          sensitivity_images, budget_metric, ray, skip_bad)
-    comparison["sensitivity"] = sensitivity
-    comparison["timings"]["sensitivity_and_budget_s"] = time.perf_counter() - started
+    comparison.sensitivity = sensitivity
+    comparison.timings["sensitivity_and_budget_s"] = time.perf_counter() - started
     trim_heap()
-    written = sensitivity["budget"]["models"]
-    return [(sensitivity["name"], "int8", Path(written["onnxruntime"]))] if written else []
+    written = sensitivity.budget.models
+    return [(sensitivity.name, "int8", Path(written["onnxruntime"]))] if written else []
 
 
-def judged(comparison: dict, task: Task, rules: tuple, note: str | None) -> dict:
+def judged(comparison: Comparison, task: Task, rules: tuple, note: str | None) -> Comparison:
     """``comparison`` with its rules and each candidate's verdict (``rules``: :func:`rules_for`), and ``note``."""
     from calibkit.tasks.verdict import degraded_rules, judge
 
     unusable_rules, gate_rules = rules
-    comparison["rules"] = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
-                           "degraded_if": [str(r) for r in degraded_rules(task)]}
-    for c in comparison["candidates"]:
-        c["verdict"] = judge(c["metrics"], unusable_rules, gate_rules, degraded_rules(task))
-    if note:
-        comparison["note"] = note
+    comparison.rules = {"unusable_if": [str(r) for r in unusable_rules], "fail_on": [str(r) for r in gate_rules],
+                        "degraded_if": [str(r) for r in degraded_rules(task)]}
+    for c in comparison.candidates:
+        c.verdict = judge(c.metrics, unusable_rules, gate_rules, degraded_rules(task))
+    comparison.note = note or None
     return comparison
 
 
@@ -172,40 +172,40 @@ def report_sections(model: Path, items: Sequence[ImageItem], preprocess: Preproc
     return extras, provenance
 
 
-def add_engine_check(comparison: dict, model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,
+def add_engine_check(comparison: Comparison, model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,
                      engines: EngineSettings, out: Path) -> None:
     """What TensorRT-RTX builds of every model, the budget's mixed model included, into ``comparison``."""
     started = time.perf_counter()
     built = list(candidates)
-    if comparison.get("sensitivity", {}).get("budget", {}).get("models"):
-        mixed = comparison["sensitivity"]
-        built.append(Candidate(mixed["name"], "int8", Path(mixed["budget"]["models"]["tensorrt"]),
-                               calibrator=f"{mixed['calibrator']}.mixed"))
-    comparison["engine"] = engine_check(model, built, preprocess, engines, out)
-    comparison["engine"]["kept_float_for_tensorrt"] = sorted({
+    mixed = comparison.sensitivity
+    if mixed is not None and mixed.budget.models:
+        built.append(Candidate(mixed.name, "int8", Path(mixed.budget.models["tensorrt"]),
+                               calibrator=f"{mixed.calibrator}.mixed"))
+    comparison.engine = engine_check(model, built, preprocess, engines, out)
+    comparison.engine["kept_float_for_tensorrt"] = sorted({
         node for c in candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
         for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
             "kept float for TensorRT", [])})
-    comparison["timings"]["engine_check_s"] = time.perf_counter() - started
+    comparison.timings["engine_check_s"] = time.perf_counter() - started
 
 
-def add_speed(comparison: dict, models: Sequence[tuple[str, str, Path]], model: Path, preprocess: Preprocess,
+def add_speed(comparison: Comparison, models: Sequence[tuple[str, str, Path]], model: Path, preprocess: Preprocess,
               batch_sizes: Sequence[int], backend: str) -> list[dict]:
     """Time every model side by side, and add the backend's profile of where the time goes."""
     started = time.perf_counter()
     speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
-    comparison["timings"]["bench_s"] = time.perf_counter() - started
+    comparison.timings["bench_s"] = time.perf_counter() - started
     started = time.perf_counter()
     profiling = backend_info(backend).profiling
     if profiling == "ops":
-        comparison["profiles"] = op_profiles(models, input_shape(preprocess))
+        comparison.profiles = op_profiles(models, input_shape(preprocess))
     elif profiling == "placement":
-        comparison["placement"] = provider_placement(models, input_shape(preprocess), backend)
+        comparison.placement = provider_placement(models, input_shape(preprocess), backend)
     elif profiling == "layers":
         from calibkit.bench.profile import engine_layer_times
 
-        comparison["layer_times"] = engine_layer_times(models, input_shape(preprocess), backend)
-    comparison["timings"]["profile_s"] = time.perf_counter() - started
+        comparison.layer_times = engine_layer_times(models, input_shape(preprocess), backend)
+    comparison.timings["profile_s"] = time.perf_counter() - started
     return speed
 
 
@@ -301,9 +301,9 @@ def image_cache(items: Sequence[ImageItem], preprocess: Preprocess, skip_bad: bo
 
 
 def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
-                           candidates: Sequence[Candidate], comparison: dict, budget: float, out: Path,
+                           candidates: Sequence[Candidate], comparison: Comparison, budget: float, out: Path,
                            sensitivity_images: int = 100, budget_metric: str = "auto", ray: str | None = None,
-                           skip_bad: bool = False) -> dict:
+                           skip_bad: bool = False) -> SensitivityResult:
     """Rank layers for the best INT8 candidate on a seeded subset (in Ray tasks with ``ray``), then fit
     ``budget`` on all images (the comparison's measurement of that candidate is step 0). Layers the
     candidate keeps in float (``--exclude``) stay float in every variant and are not ranked."""
@@ -311,11 +311,11 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     from calibkit.sensitivity.budget import fit_accuracy_budget
     from calibkit.sensitivity.ranking import layer_sensitivity
 
-    results = {c["name"]: c for c in comparison["candidates"]}
+    results = {c.name: c for c in comparison.candidates}
     int8 = [c for c in candidates if c.precision == "int8" and c.ranges is not None]
     if not int8:
         raise CalibkitError("--accuracy-budget needs an INT8 candidate from a calibration run")
-    best = min(int8, key=lambda c: task.budget_loss(results[c.name]["metrics"], budget_metric)[0])
+    best = min(int8, key=lambda c: task.budget_loss(results[c.name].metrics, budget_metric)[0])
     ranges, _ = read_ranges(best.ranges)
     subset = sample(list(items), min(sensitivity_images, len(items)), "random", seed=0)
     source = best.source or model
@@ -327,14 +327,9 @@ def sensitivity_and_budget(model: Path, items: Sequence[ImageItem], preprocess: 
     ranked_s = time.perf_counter() - started
     fitted = fit_accuracy_budget(source, ranges, image_cache(items, preprocess, skip_bad), task,
                                  [r["node"] for r in ranking], budget, Path(out) / f"{best.calibrator}.mixed",
-                                 metric=budget_metric, weights=weights, measured=results[best.name]["metrics"],
+                                 metric=budget_metric, weights=weights, measured=results[best.name].metrics,
                                  exclude=best.exclude)
-    return {
-        "name": f"int8 {best.calibrator} mixed",
-        "calibrator": best.calibrator,
-        "sensitivity_images": len(subset),
-        "ranking": ranking,
-        "budget": {"budget": budget, "metric": fitted.metric, "met": fitted.met, "kept_float": fitted.kept_float,
-                   "steps": fitted.steps, "models": fitted.models},
-        "seconds": {"ranking": ranked_s, "budget": time.perf_counter() - started - ranked_s},
-    }
+    return SensitivityResult(
+        f"int8 {best.calibrator} mixed", best.calibrator, len(subset), ranking,
+        BudgetFit(budget, fitted.metric, fitted.met, fitted.kept_float, fitted.steps, fitted.models),
+        {"ranking": ranked_s, "budget": time.perf_counter() - started - ranked_s})

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from calibkit.compare.results import Comparison
 from calibkit.memory import peak_rss_gb
 from calibkit.notices import merge, warned_so_far
 from calibkit.progress import log
@@ -30,14 +31,14 @@ class Publisher:
         self.report, self.task, self.earlier = Path(report), task, list(earlier_warnings)
         self.provenance, self.extras = provenance, extras
 
-    def __call__(self, comparison: dict, speed: Sequence[dict] = ()) -> None:
+    def __call__(self, comparison: Comparison, speed: Sequence[dict] = ()) -> None:
         from calibkit.report.html import write_report
         from calibkit.tasks.verdict import recommendation
 
         self.provenance["peak RSS so far (GB)"] = f"{peak_rss_gb():.2f}"
-        comparison["warnings"] = merge(list(self.earlier), warned_so_far())
-        comparison["recommendation"] = recommendation(self.task, comparison["candidates"], speed)
-        pending, partial = comparison.get("layers_pending"), partial_report(self.report)
+        comparison.warnings = merge(list(self.earlier), warned_so_far())
+        comparison.recommendation = recommendation(self.task, comparison.candidates, speed)
+        pending, partial = comparison.layers_pending, partial_report(self.report)
         write_report(partial if pending else self.report, comparison, list(speed), provenance=dict(self.provenance),
                      **self.extras)
         if pending:
