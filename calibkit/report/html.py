@@ -136,8 +136,7 @@ def write_report(
     also be the ``comparison`` of a report.json (any schema version), read back as records."""
     if not isinstance(comparison, Comparison):
         comparison = Comparison.from_dict(comparison)
-    out_html = Path(out_html)
-    out_json = out_html.with_suffix(".json")
+    out_html, out_json = Path(out_html), Path(out_html).with_suffix(".json")
     candidates = comparison.candidates
     worst_layers = {c.name: _worst_layers(c) for c in candidates}
     worst_tensors = [layer.tensor for layers in worst_layers.values() for layer in layers]
@@ -145,10 +144,7 @@ def write_report(
     colours = method_colours([method_key(c) for c in candidates] + list(thresholds)
                              + list((sufficiency or {}).get("methods", {})))
     speed = {("fp32" if row["precision"] == "fp32" else row["candidate"], row["batch"]): row for row in speed_rows}
-    backend = backend_info(comparison.backend)
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
-                                     undefined=jinja2.StrictUndefined)
-    html = environment.get_template("report.html.j2").render(
+    html = _template().render(
         model_name=Path(comparison.reference.model).name,
         task=comparison.task,
         rules=comparison.rules or {},
@@ -169,8 +165,8 @@ def write_report(
         profiles=comparison.profiles or {},
         placement=comparison.placement or {},
         layer_times=comparison.layer_times or {},
-        on_gpu=backend.on_gpu,
-        speed_device=_speed_device(backend),
+        on_gpu=backend_info(comparison.backend).on_gpu,
+        speed_device=_speed_device(backend_info(comparison.backend)),
         drift_charts=_drift_charts(candidates, colours),
         histograms=_histograms(list(dict.fromkeys(worst_tensors)), stats or {}, thresholds, colours),
         layer_status=layer_status(comparison),
@@ -187,6 +183,12 @@ def write_report(
     write_text_atomic(out_json, json.dumps(_json_safe(_without_images(document)), indent=1, default=_default) + "\n")
     write_text_atomic(out_html, html)
     return out_html, out_json
+
+
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("calibkit.report", "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html.j2")
 
 
 def _speed_device(backend) -> str:

@@ -1,63 +1,37 @@
-"""The comparison chain: FP32 against every candidate in the task's terms, verdicts, sensitivity and the
-accuracy budget, speed, what TensorRT-RTX builds, and the report."""
+"""The comparison chain as named stages: FP32 against every candidate in the task's terms, verdicts,
+sensitivity and the accuracy budget, what TensorRT-RTX builds, the report, and speed
+(:mod:`~calibkit.workflow.speed`); the report's calibration sections come from
+:mod:`~calibkit.workflow.sections`."""
 
 from __future__ import annotations
 
 import json
 import time
 import warnings
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from calibkit.artifacts.ranges_json import read_ranges
-from calibkit.backends.base import backend_info
 from calibkit.compare.results import BudgetFit, Comparison, ReportDocument, SensitivityResult
 from calibkit.compare.run import Candidate
 from calibkit.data.images import ImageItem
 from calibkit.data.preprocess import Preprocess
-from calibkit.engine.summary import EngineSettings
 from calibkit.errors import CalibkitError
-from calibkit.graph.onnx_model import file_sha256, image_input, model_metadata, model_outline, model_outputs
+from calibkit.graph.onnx_model import model_metadata, model_outline, model_outputs
 from calibkit.memory import trim_heap
-from calibkit.notices import merge, recording
+from calibkit.notices import recording
 from calibkit.progress import progress
-from calibkit.report.provenance import environment
-from calibkit.run_folder import SUMMARY, TIMINGS
+from calibkit.run_folder import SUMMARY
 from calibkit.samplers.registry import sample
-from calibkit.stats.collect import CollectedStats
 from calibkit.tasks import OutputInfo, Task, TaskContext, make_task
-from calibkit.workflow.calibration import CalibrationRun, engine_check, input_shape
+from calibkit.workflow.calibration import engine_check
 from calibkit.workflow.candidates import run_weights
 from calibkit.workflow.config import ComparisonOptions
 from calibkit.workflow.publish import Publisher
-
-
-def bench_models(models: Sequence[tuple[str, str, Path]], input_shape: Sequence[int],
-                 batch_sizes: Sequence[int] = (1, 8, 32), backend: str = "ort-cpu") -> list[dict]:
-    """Speed rows for ``(name, precision, path)`` models on one backend, timed side by side in rounds
-    (:mod:`calibkit.bench.speed`), with speedups over ``fp32`` and their spread. ONNX Runtime sessions
-    share one arena, so each run reuses memory as a deployed session does while holding every model at
-    once stays near one model's peak."""
-    from calibkit.backends import load
-    from calibkit.bench.speed import measure_interleaved, with_ratios
-
-    sessions = [(name, precision, load(path, precision, backend, shared_arena=True)) for name, precision, path in models]
-    with progress(len(batch_sizes), "benchmarking (interleaved rounds)", unit="batch size") as bar:
-        results = []
-        for batch in batch_sizes:
-            results.extend(measure_interleaved(sessions, input_shape, [batch]))
-            bar.update(1)
-    return with_ratios(results)
-
-
-def usable_batch_sizes(model: Path, requested: Sequence[int]) -> list[int]:
-    """``requested``, or the model's own batch size (with a warning) when its batch axis is fixed."""
-    fixed = image_input(model_outline(model), model).batch
-    if fixed is None or list(requested) == [fixed] or not requested:
-        return list(requested)
-    warnings.warn(f"{model}: the model's batch size is fixed at {fixed}; timing batch {fixed} only", stacklevel=2)
-    return [fixed]
+from calibkit.workflow.sections import calibration_warnings, report_sections
+from calibkit.workflow.speed import add_speed
 
 
 def model_task(model: Path, preprocess: Preprocess, name: str | None = "auto",
@@ -84,6 +58,27 @@ def check_labels(items: Sequence[ImageItem], classes: int | None, model: Path) -
                             "fix or remove those rows")
 
 
+@dataclass
+class ComparisonState:
+    """A comparison as its stages fill it in: the inputs and checked options, then the results, the
+    models to time and their speed rows."""
+
+    model: Path
+    items: Sequence[ImageItem]
+    preprocess: Preprocess
+    candidates: Sequence[Candidate]
+    report: Path
+    task: Task
+    config: ComparisonOptions
+    rules: tuple
+    publish: Publisher
+    provenance: dict
+    sufficiency: dict | None = None
+    comparison: Comparison | None = None
+    timed: list[tuple[str, str, Path]] = field(default_factory=list)
+    speed: list[dict] = field(default_factory=list)
+
+
 @recording
 def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, candidates: Sequence[Candidate],
                        report: Path, task: Task, **options) -> ReportDocument:
@@ -96,55 +91,97 @@ def compare_and_report(model: Path, items: Sequence[ImageItem], preprocess: Prep
     (:mod:`calibkit.distributed`). ``engines`` (resolved settings) adds what TensorRT-RTX builds of every
     model (:func:`engine_check`). ``layer_images`` caps the per-layer drift pass (0 skips it; ``None``: the
     default, :data:`calibkit.compare.run.LAYER_IMAGES`) and ``layer_seconds`` its time. Returns what
-    ``report.json`` holds, as records (:mod:`calibkit.compare.results`)."""
-    from calibkit.compare.run import compare_models
-    from calibkit.distributed import sharded_comparison
-
+    ``report.json`` holds, as records (:mod:`calibkit.compare.results`). The work is :data:`STAGES`, each
+    recording its time in the comparison's ``timings``."""
     config = ComparisonOptions(**options)
     rules = config.rules(task)
     extras, provenance = report_sections(model, items, preprocess, task, config.run, candidates)
     publish = Publisher(report, task, calibration_warnings(config.run, candidates), provenance, extras)
+    state = ComparisonState(Path(model), items, preprocess, candidates, Path(report), task, config, rules, publish,
+                            provenance, extras["sufficiency"])
+    for stage in STAGES:
+        stage(state)
+    return ReportDocument(state.comparison, state.speed, provenance, state.sufficiency)
+
+
+def compare_candidates(state: ComparisonState) -> None:
+    """The comparison pass (in Ray tasks with ``ray``), judged; a separate per-layer pass publishes the
+    judged comparison before it starts."""
+    from calibkit.compare.run import compare_models
+    from calibkit.distributed import sharded_comparison
+
+    config, task = state.config, state.task
     compare = partial(sharded_comparison, address=config.ray) if config.ray else compare_models
     layers = {} if config.layer_images is None else {"layer_images": config.layer_images}
-    comparison = compare(model, candidates, items, preprocess, task, config.batch_size, config.skip_bad,
-                         backend=config.backend, layer_seconds=config.layer_seconds,
-                         before_layers=lambda doc: publish(judged(doc, task, rules, config.note)), **layers)
-    judged(comparison, task, rules, config.note)
+    state.comparison = compare(state.model, state.candidates, state.items, state.preprocess, task, config.batch_size,
+                               config.skip_bad, backend=config.backend, layer_seconds=config.layer_seconds,
+                               before_layers=lambda c: state.publish(judged(c, task, state.rules, config.note)),
+                               **layers)
+    judged(state.comparison, task, state.rules, config.note)
     trim_heap()
-    models = [("fp32", "fp32", Path(model))] + [(c.name, c.precision, c.speed_model or c.model) for c in candidates]
-    if config.accuracy_budget is not None:
-        models += add_sensitivity(comparison, model, items, preprocess, task, candidates, config.accuracy_budget,
-                                  Path(report).parent, config.sensitivity_images, config.budget_metric, config.ray,
-                                  config.skip_bad)
-    if config.engines is not None:
-        add_engine_check(comparison, model, candidates, preprocess, config.engines, Path(report).parent)
-        engine = comparison.engine
-        provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
-    publish(comparison)
-    speed: list[dict] = []
-    if config.batch_sizes:
-        try:
-            speed = add_speed(comparison, models, model, preprocess, config.batch_sizes, config.backend)
-        except CalibkitError as exc:
-            comparison.speed_error = str(exc)
-            warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
-        publish(comparison, speed)
-    return ReportDocument(comparison, speed, provenance, extras["sufficiency"])
+    state.timed = [("fp32", "fp32", state.model)] + [(c.name, c.precision, c.speed_model or c.model)
+                                                     for c in state.candidates]
 
 
-def add_sensitivity(comparison: Comparison, model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
-                    candidates: Sequence[Candidate], budget: float, out: Path, sensitivity_images: int,
-                    budget_metric: str, ray: str | None, skip_bad: bool) -> list[tuple[str, str, Path]]:
-    """The sensitivity ranking and the budget's mixed model into ``comparison``
-    (:func:`sensitivity_and_budget`); returns the mixed model to time, if one was written."""
+def fit_budget(state: ComparisonState) -> None:
+    """With ``accuracy_budget``: the sensitivity ranking and the budget's mixed model
+    (:func:`sensitivity_and_budget`), which is timed with the others if one was written."""
+    config = state.config
+    if config.accuracy_budget is None:
+        return
     started = time.perf_counter()
-    sensitivity = sensitivity_and_budget(model, items, preprocess, task, candidates, comparison, budget, out,
-                                         sensitivity_images, budget_metric, ray, skip_bad)
-    comparison.sensitivity = sensitivity
-    comparison.timings["sensitivity_and_budget_s"] = time.perf_counter() - started
+    sensitivity = sensitivity_and_budget(state.model, state.items, state.preprocess, state.task, state.candidates,
+                                         state.comparison, config.accuracy_budget, state.report.parent,
+                                         config.sensitivity_images, config.budget_metric, config.ray, config.skip_bad)
+    state.comparison.sensitivity = sensitivity
+    state.comparison.timings["sensitivity_and_budget_s"] = time.perf_counter() - started
     trim_heap()
-    written = sensitivity.budget.models
-    return [(sensitivity.name, "int8", Path(written["onnxruntime"]))] if written else []
+    if sensitivity.budget.models:
+        state.timed.append((sensitivity.name, "int8", Path(sensitivity.budget.models["onnxruntime"])))
+
+
+def check_engines(state: ComparisonState) -> None:
+    """With ``engines``: what TensorRT-RTX builds of every model, the budget's mixed model included."""
+    if state.config.engines is None:
+        return
+    started = time.perf_counter()
+    comparison, built = state.comparison, list(state.candidates)
+    mixed = comparison.sensitivity
+    if mixed is not None and mixed.budget.models:
+        built.append(Candidate(mixed.name, "int8", Path(mixed.budget.models["tensorrt"]),
+                               calibrator=f"{mixed.calibrator}.mixed"))
+    engine = comparison.engine = engine_check(state.model, built, state.preprocess, state.config.engines,
+                                              state.report.parent)
+    engine["kept_float_for_tensorrt"] = sorted({
+        node for c in state.candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
+        for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
+            "kept float for TensorRT", [])})
+    state.provenance["TensorRT-RTX engine check"] = f"TensorRT-RTX {engine['tensorrt_rtx_version']}, {engine['target']}"
+    comparison.timings["engine_check_s"] = time.perf_counter() - started
+
+
+def publish_comparison(state: ComparisonState) -> None:
+    """The report, complete but for speed: what a failed benchmark leaves."""
+    state.publish(state.comparison)
+
+
+def time_models(state: ComparisonState) -> None:
+    """Every model timed side by side (:func:`~calibkit.workflow.speed.add_speed`) and the report written
+    again with the speed; a failed benchmark is said in the report and leaves the comparison as it was."""
+    config = state.config
+    if not config.batch_sizes:
+        return
+    try:
+        state.speed = add_speed(state.comparison, state.timed, state.model, state.preprocess, config.batch_sizes,
+                                config.backend)
+    except CalibkitError as exc:
+        state.comparison.speed_error = str(exc)
+        warnings.warn(f"benchmark failed ({exc}); the report holds the comparison without speed", stacklevel=2)
+    state.publish(state.comparison, state.speed)
+
+
+# What compare_and_report does, in order; each stage reads and fills its ComparisonState.
+STAGES = (compare_candidates, fit_budget, check_engines, publish_comparison, time_models)
 
 
 def judged(comparison: Comparison, task: Task, rules: tuple, note: str | None) -> Comparison:
@@ -158,110 +195,6 @@ def judged(comparison: Comparison, task: Task, rules: tuple, note: str | None) -
         c.verdict = judge(c.metrics, unusable_rules, gate_rules, degraded_rules(task))
     comparison.note = note or None
     return comparison
-
-
-def report_sections(model: Path, items: Sequence[ImageItem], preprocess: Preprocess, task: Task,
-                    run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:
-    """The report's calibration sections and its provenance rows (model, task, calibration, environment)."""
-    provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "images": len(items),
-                  "task": task.name, "task settings": json.dumps(task.settings),
-                  "preprocess": json.dumps(preprocess.to_dict())}
-    extras, calibration_rows = calibration_sections(run, candidates)
-    provenance.update(calibration_rows)
-    provenance.update(environment([item.path for item in items]))
-    return extras, provenance
-
-
-def add_engine_check(comparison: Comparison, model: Path, candidates: Sequence[Candidate], preprocess: Preprocess,
-                     engines: EngineSettings, out: Path) -> None:
-    """What TensorRT-RTX builds of every model, the budget's mixed model included, into ``comparison``."""
-    started = time.perf_counter()
-    built = list(candidates)
-    mixed = comparison.sensitivity
-    if mixed is not None and mixed.budget.models:
-        built.append(Candidate(mixed.name, "int8", Path(mixed.budget.models["tensorrt"]),
-                               calibrator=f"{mixed.calibrator}.mixed"))
-    comparison.engine = engine_check(model, built, preprocess, engines, out)
-    comparison.engine["kept_float_for_tensorrt"] = sorted({
-        node for c in candidates if c.ranges is not None and (c.ranges.parent / SUMMARY).is_file()
-        for node in json.loads((c.ranges.parent / SUMMARY).read_text(encoding="utf-8")).get(
-            "kept float for TensorRT", [])})
-    comparison.timings["engine_check_s"] = time.perf_counter() - started
-
-
-def add_speed(comparison: Comparison, models: Sequence[tuple[str, str, Path]], model: Path, preprocess: Preprocess,
-              batch_sizes: Sequence[int], backend: str) -> list[dict]:
-    """Time every model side by side, and add the backend's profile of where the time goes."""
-    started = time.perf_counter()
-    speed = bench_models(models, input_shape(preprocess), usable_batch_sizes(model, batch_sizes), backend)
-    comparison.timings["bench_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    profiling = backend_info(backend).profiling
-    if profiling == "ops":
-        comparison.profiles = op_profiles(models, input_shape(preprocess))
-    elif profiling == "placement":
-        comparison.placement = provider_placement(models, input_shape(preprocess), backend)
-    elif profiling == "layers":
-        from calibkit.bench.profile import engine_layer_times
-
-        comparison.layer_times = engine_layer_times(models, input_shape(preprocess), backend)
-    comparison.timings["profile_s"] = time.perf_counter() - started
-    return speed
-
-
-def calibration_warnings(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> list[str]:
-    """What the calibration behind the candidates warned: ``run``'s, else each run folder's ``summary.json``."""
-    if run is not None:
-        return list(run.warnings)
-    folders = dict.fromkeys(c.ranges.parent for c in candidates if c.ranges is not None)
-    found: list[str] = []
-    for folder in folders:
-        if (folder / SUMMARY).is_file():
-            merge(found, json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("warnings", []))
-    return found
-
-
-def calibration_sections(run: CalibrationRun | None, candidates: Sequence[Candidate]) -> tuple[dict, dict]:
-    """The report's calibration sections (statistics, thresholds, sufficiency) and provenance rows: from
-    ``run`` when this command calibrated, else read back from the run folder the INT8 candidates came from."""
-    if run is not None:
-        stats, ranges, timings, coverage, enough = run.stats, run.ranges, run.timings, run.coverage, run.sufficiency
-    else:
-        run_dir = next((c.ranges.parent for c in candidates if c.ranges is not None), None)
-        if run_dir is None or not (run_dir / "stats.npz").is_file():
-            return {"stats": None, "thresholds": None, "sufficiency": None}, {}
-        stats = CollectedStats.load(run_dir / "stats.npz")
-        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
-        ranges = {c.calibrator: read_ranges(c.ranges)[0] for c in candidates
-                  if c.ranges is not None and c.ranges.parent == run_dir}
-        timings = (json.loads((run_dir / TIMINGS).read_text(encoding="utf-8")) if (run_dir / TIMINGS).is_file()
-                   else summary.get("timings", {}))  # runs before timings.json kept them in the summary
-        coverage, enough = summary.get("coverage"), summary.get("sufficiency")
-    rows = {f"calibration {k}": v for k, v in stats.provenance.items() if k != "preprocess"}
-    rows["calibration timings (s)"] = json.dumps({k: round(v, 2) for k, v in timings.items() if k.endswith("_s")})
-    if "peak_rss_gb" in timings:  # timings.json also records the run's peak memory and graph segments
-        rows["calibration peak RSS (GB)"] = f"{timings['peak_rss_gb']:.2f}"
-        rows["calibration graph segments"] = str(timings["statistics_graph_segments"])
-    if coverage:
-        rows["calibration subset coverage"] = json.dumps(coverage)
-    thresholds = {label: {name: r.amax for name, r in table.items()} for label, table in ranges.items()}
-    return {"stats": stats.tensors, "sufficiency": enough, "thresholds": thresholds}, rows
-
-
-def op_profiles(models: Sequence[tuple[str, str, Path]], shape: Sequence[int]) -> dict[str, dict]:
-    """Where each INT8 model's CPU time goes (:mod:`calibkit.bench.profile`), by candidate name."""
-    from calibkit.bench.profile import profile_ops, summarize
-
-    return {name: summarize(profile_ops(path, shape)) for name, precision, path in models if precision == "int8"}
-
-
-def provider_placement(models: Sequence[tuple[str, str, Path]], shape: Sequence[int], backend: str) -> dict[str, dict]:
-    """Per model, the nodes ONNX Runtime left on the CPU on a GPU ``backend`` (:func:`cpu_fallbacks`)."""
-    from calibkit.backends.onnxruntime import CUDA_OPTIONS
-    from calibkit.bench.profile import cpu_fallbacks
-
-    providers = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
-    return {name: cpu_fallbacks(path, shape, providers) for name, _, path in models}
 
 
 def calibration_overlap(items: Sequence[ImageItem], candidates: Sequence[Candidate],

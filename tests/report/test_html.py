@@ -134,7 +134,7 @@ def test_noisy_speed_cells_get_their_own_mark_not_the_unusable_red(small_model, 
 def test_calibration_provenance_keeps_seconds_apart_from_memory(small_model, image_folder, tmp_path):
     from calibkit import workflow
     from calibkit.data.preprocess import Preprocess
-    from calibkit.workflow.comparison import calibration_sections
+    from calibkit.workflow.sections import calibration_sections
 
     run = workflow.calibrate(small_model, image_folder, tmp_path / "run", methods="minmax", samples=0,
                              preprocess=Preprocess(size=(32, 32)))
