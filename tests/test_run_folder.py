@@ -78,3 +78,33 @@ def test_a_folder_mixing_two_runs_is_refused(small_model, image_folder, tmp_path
                    "--candidates", f"int8:{first}", "--out", str(tmp_path / "c"), "--no-bench", "--no-engine-check")
     assert_one_line_error(done, "minmax.json was written by another run", "mixes two calibrations")
     assert os.listdir(first)
+
+
+def test_a_comparison_holds_its_folder_so_no_second_run_writes_there_meanwhile(small_model, image_folder, tmp_path,
+                                                                              monkeypatch):
+    """compare exports models and writes its report into --out, and calibrate --compare writes into the run
+    folder after the run moved in: both hold the folder's lock while they do."""
+    run, out = tmp_path / "run", tmp_path / "cmp"
+    assert calibrate(small_model, image_folder, run).returncode == 0
+    before = snapshot(run)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".cmp.calibkit-lock").write_text(f"{sleeper.pid}\n")
+        refused = run_cli("compare", "--model", str(small_model), "--images", str(image_folder), "--candidates",
+                          f"int8:{run},fp16", "--out", str(out), "--no-bench", "--no-engine-check",
+                          "--task", "classification")
+        assert_one_line_error(refused, f"{out}: another calibkit run (PID {sleeper.pid}) is writing this folder")
+        assert not out.exists(), "nothing exported or reported while another run holds the folder"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert snapshot(run) == before
+    import calibkit.cli.commands as commands
+    from calibkit.cli import main
+
+    seen = []
+    monkeypatch.setattr(commands, "_compare_outputs",
+                        lambda *args, **kw: seen.append((tmp_path / ".run.calibkit-lock").is_file()) or 0)
+    assert main(["calibrate", "--model", str(small_model), "--images", str(image_folder), "--out", str(run),
+                 "--samples", "0", "--method", "minmax", "--no-engine-check", "--compare", "--quiet"]) == 0
+    assert seen == [True] and not (tmp_path / ".run.calibkit-lock").exists()

@@ -12,6 +12,7 @@ from calibkit.artifacts.trt_cache import DEFAULT_TRT_VERSION
 from calibkit.cli.defaults import INFERENCE_BATCH_SIZE
 from calibkit.engine.commands import engine_settings
 from calibkit.errors import CalibkitError
+from calibkit.run_folder import folder_lock
 from calibkit.stats import MEMORY_BUDGET
 
 if TYPE_CHECKING:
@@ -227,8 +228,9 @@ def cmd_calibrate(args: argparse.Namespace, note: str | None = None) -> int:
     run = _run_calibration(args, engines)
     if not args.compare:
         return 0
-    candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
-    return _compare_outputs(args, candidates, run, note, engines)
+    with folder_lock(args.out):  # the comparison writes into the run folder: no other run may meanwhile
+        candidates = int8_candidates(args.model, args.out) + [fp16_candidate(args.model, args.out)]
+        return _compare_outputs(args, candidates, run, note, engines)
 
 
 def timing_text(timings: dict[str, float]) -> str:
@@ -361,8 +363,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     candidate_specs(args.candidates)
     check_comparison_options(args)
     engines = engine_settings(args)
-    return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude),
-                            engines=engines)
+    with folder_lock(args.out):  # its exports and report: two comparisons never share a folder
+        return _compare_outputs(args, _parse_candidates(args.candidates, args.model, args.out, args.exclude),
+                                engines=engines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
