@@ -10,11 +10,14 @@ counts as absent and is left out of the JSON.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 
 class Record:
-    """Mapping-style reading of a dataclass's fields (``None`` counts as absent) and its JSON form."""
+    """Mapping-style reading of a dataclass's fields (``None`` counts as absent, except for the fields in
+    ``always``, which the JSON spells out as ``null``) and its JSON form."""
+
+    always: ClassVar[tuple[str, ...]] = ()
 
     def __getitem__(self, key: str) -> Any:
         if key not in self:
@@ -22,7 +25,7 @@ class Record:
         return getattr(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return key in field_names(type(self)) and getattr(self, key) is not None
+        return key in field_names(type(self)) and (getattr(self, key) is not None or key in self.always)
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key) if key in self else default

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from calibkit.errors import CalibkitError
 from calibkit.records import Record, known_fields
@@ -90,11 +90,7 @@ class CandidateResult(Record):
     outputs: list[TensorDrift] = field(default_factory=list)
     layers: list[TensorDrift] = field(default_factory=list)
     verdict: Verdict | None = None
-
-    def to_dict(self) -> dict:
-        document = super().to_dict()
-        document.setdefault("calibrator", None)  # an FP16 candidate says it has none
-        return document
+    always: ClassVar[tuple[str, ...]] = ("calibrator",)  # an FP16 candidate says it has none
 
     @classmethod
     def from_dict(cls, document: Mapping) -> "CandidateResult":
@@ -195,10 +191,10 @@ class ReportDocument(Record):
     speed: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     sufficiency: dict | None = None
+    always: ClassVar[tuple[str, ...]] = ("sufficiency",)
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "comparison": self.comparison.to_dict(), "speed": list(self.speed),
-                "provenance": dict(self.provenance), "sufficiency": self.sufficiency}
+        return {"schema_version": SCHEMA_VERSION, **super().to_dict()}
 
     @classmethod
     def from_dict(cls, document: Mapping, source: str = "report.json") -> "ReportDocument":

@@ -91,3 +91,10 @@ def test_a_sensitivity_section_loads_as_its_record_and_writes_back_the_same(repo
     comparison = Comparison.from_dict({**document, "sensitivity": section})
     assert comparison.sensitivity.budget.kept_float == ["fc"] and comparison.sensitivity.budget.met
     assert comparison.to_dict()["sensitivity"] == section
+
+
+def test_a_field_the_json_spells_as_null_reads_as_none(report):
+    document = load_report(report)
+    fp16 = document.comparison.candidates[0]
+    assert "calibrator" in fp16 and fp16["calibrator"] is None, "as report.json has it: null"
+    assert document["sufficiency"] is None and "sufficiency" in document.to_dict()
